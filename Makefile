@@ -1,0 +1,55 @@
+# Stable entry points (other tooling calls these names):
+#   make setup   install apt + pip dependencies, build the BPF object, install bpfnfs into .venv
+#   make demo    boot the bookworm lab VM with real NFS and a workload, show bpfnfs's live table
+#   make test    unit tests + lab tests on bullseye (5.10), bookworm (6.1), trixie (6.12)
+#   make lab SUITES="bookworm"   lab tests only
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUITES ?= bullseye bookworm trixie
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3 python3-venv python3-pip \
+	qemu-system-x86 busybox-static kmod cpio nfs-kernel-server nfs-common rpcbind fio \
+	iproute2 procps ca-certificates make
+
+.PHONY: setup deps bpf venv demo test unit lab lint clean
+
+setup: deps bpf venv
+
+# Idempotent: apt runs only when a package is missing.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get -o DPkg::Lock::Timeout=600 update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $$missing; \
+	fi
+
+bpf:
+	$(MAKE) -C src/bpfnfs/bpf
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+demo: setup
+	$(PY) -m lab.demo
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check src lab tests
+
+test: setup
+	$(VENV)/bin/ruff check src lab tests
+	LAB_SUITES="$(SUITES)" $(PY) -m pytest -v -rs tests
+
+lab: setup
+	LAB_SUITES="$(SUITES)" $(PY) -m pytest -v -rs -m lab tests/lab
+
+clean:
+	$(MAKE) -C src/bpfnfs/bpf clean
+	rm -rf build $(VENV)

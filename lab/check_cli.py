@@ -1,0 +1,168 @@
+"""Guest side: the `bpfnfs` command as a person runs it.
+
+    python3 -m lab.check_cli --out DIR [--late]
+
+Default: NFS is mounted. Checks --json output, the table, SIGTERM cleanup
+(no BPF program left, per `bpftool prog`), and a refused --tier.
+--late: the lab booted with no NFS at all; bpfnfs starts first, says it is
+waiting, and must attach and count once the modules load and a mount appears.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BPFNFS = [sys.executable, "-m", "bpfnfs"]
+OUR_PROGS = (
+    "btf_rpc_stats_l",
+    "fexit_nfs_file_",
+    "btf_nfs_readpag",
+    "btf_nfs_writeba",
+    "raw_rpc_stats_l",
+    "tp_rpc_stats_la",
+    "tp_rpc_task_end",
+    "tp_rpc_request",
+    "kp_nfs_file_rea",
+    "krp_nfs_file_re",
+    "kp_nfs_file_wri",
+    "krp_nfs_file_wr",
+    "tp_nfs_readpage",
+    "tp_nfs_writebac",
+)
+
+
+def log(msg: str) -> None:
+    print(f"lab.check_cli: {msg}", flush=True)
+
+
+def our_programs() -> list[str]:
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True)
+    return [p.get("name", "") for p in json.loads(out.stdout) if p.get("name", "").startswith(OUR_PROGS)]
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def add(self, name: str, ok: bool, detail: Any = None) -> None:
+        self.items.append({"check": name, "ok": bool(ok), "detail": detail})
+        log(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if not ok and detail is not None else ""))
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for c in self.items if not c["ok"])
+
+
+def start(args: list[str], out: Path, name: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    so, se = out / f"{name}.stdout", out / f"{name}.stderr"
+    p = subprocess.Popen([*BPFNFS, *args], stdout=so.open("wb"), stderr=se.open("wb"))
+    return p, so, se
+
+
+def wait_for(path: Path, text: str, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def stop(p: subprocess.Popen[bytes]) -> int:
+    p.send_signal(signal.SIGTERM)
+    return p.wait(timeout=30)
+
+
+def mounted(c: Checks, out: Path) -> None:
+    base = our_programs()
+    c.add("no bpfnfs programs before start", not base, base)
+    # JSON: two documents, both mounts, in per-interval and total form.
+    r = subprocess.run(
+        [*BPFNFS, "--json", "--count", "2", "--interval", "1"], capture_output=True, text=True, timeout=120
+    )
+    (out / "json.stdout").write_text(r.stdout)
+    (out / "json.stderr").write_text(r.stderr)
+    docs = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    c.add("--json --count 2 exits 0", r.returncode == 0, r.stderr[-500:])
+    c.add("--json printed 2 documents", len(docs) == 2, len(docs))
+    if docs:
+        mps = {m["mount_point"] for m in docs[-1]["mounts"]}
+        c.add("--json lists both mounts", {"/mnt/nfs3", "/mnt/nfs4"} <= mps, sorted(mps))
+        c.add("--json names the tier", docs[-1]["tier"] in ("btf", "tracefs"), docs[-1]["tier"])
+    c.add("tier is announced on stderr", "tier " in r.stderr, r.stderr[-300:])
+    # Table while a writer runs; then SIGTERM.
+    p, so, _se = start(["--interval", "1"], out, "table")
+    # Write only once the first table is out: attaching takes seconds under TCG.
+    c.add("table appears", wait_for(so, "mounted on /mnt/nfs3", 60), so.read_text()[-300:])
+    subprocess.run(
+        "dd if=/dev/zero of=/mnt/nfs3/cli-dd bs=1M count=4 conv=fsync status=none", shell=True, check=True
+    )
+    ok = wait_for(so, "WRITE", 15)
+    rc = stop(p)
+    text = so.read_text()
+    c.add("table shows WRITE ops", ok, text[-600:])
+    c.add("SIGTERM exits 0", rc == 0, rc)
+    left = our_programs()
+    c.add("no bpfnfs programs left after SIGTERM", not left, left)
+    # Bad input: unknown flag and a tier this kernel cannot serve.
+    r = subprocess.run([*BPFNFS, "--interval", "-1"], capture_output=True, text=True)
+    c.add("bad --interval exits 2", r.returncode == 2 and "interval" in r.stderr, r.stderr)
+    if not Path("/sys/kernel/btf/nfs").exists():
+        r = subprocess.run([*BPFNFS, "--tier", "btf", "--count", "1"], capture_output=True, text=True)
+        c.add(
+            "--tier btf without module BTF exits 2 with a reason",
+            r.returncode == 2 and "module BTF" in r.stderr and "Traceback" not in r.stderr,
+            r.stderr,
+        )
+
+
+def late(c: Checks, out: Path) -> None:
+    c.add("nfs module not loaded at start", not Path("/sys/module/nfs").exists())
+    p, so, se = start(["--json", "--interval", "1"], out, "late")
+    c.add("says it waits for the modules", wait_for(se, "waiting for", 20), se.read_text()[-300:])
+    env = dict(os.environ, LAB_NFS="full")
+    r = subprocess.run(["sh", "lab/guest/nfs-up.sh"], env=env, capture_output=True, text=True)
+    c.add("NFS came up after bpfnfs started", r.returncode == 0, r.stderr[-500:])
+    c.add("attaches once the modules appear", wait_for(se, "attached", 30), se.read_text()[-400:])
+    time.sleep(2)
+    subprocess.run(
+        "dd if=/dev/zero of=/mnt/nfs4/late-dd bs=1M count=2 conv=fsync status=none", shell=True, check=True
+    )
+    time.sleep(3)
+    rc = stop(p)
+    c.add("SIGTERM exits 0", rc == 0, rc)
+    docs = [json.loads(line) for line in so.read_text().splitlines() if line.strip()]
+    writes = 0
+    for d in docs:
+        for m in d["mounts"]:
+            if m["mount_point"] == "/mnt/nfs4":
+                writes = max(writes, m["totals"]["io"]["write_bytes"])
+    c.add("counts the late mount's writes", writes >= 2 << 20, writes)
+    left = our_programs()
+    c.add("no bpfnfs programs left after SIGTERM", not left, left)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lab.check_cli")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--late", action="store_true")
+    ns = ap.parse_args(argv)
+    ns.out.mkdir(parents=True, exist_ok=True)
+    c = Checks()
+    (late if ns.late else mounted)(c, ns.out)
+    name = "cli-late.json" if ns.late else "cli.json"
+    (ns.out / name).write_text(json.dumps({"checks": c.items, "failed": c.failed}, indent=1))
+    log(f"{len(c.items)} checks, {c.failed} failed")
+    return 0 if not c.failed else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

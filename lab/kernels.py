@@ -1,0 +1,212 @@
+"""Fetch Debian kernels by suite name into the lab cache.
+
+A suite is resolved through its ``linux-image-amd64`` metapackage, because exact ABI packages
+disappear from the mirror at each point release. apt runs against a private state/cache/sources
+under the lab cache, so the machine's own apt state is never touched.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.common import LabError, cache_root, file_lock, log, run_tool
+
+SUITES: dict[str, str] = {"bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12"}
+MIRROR = os.environ.get("BPFNFS_LAB_MIRROR", "http://deb.debian.org/debian")
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+_COMPLETE = ".complete"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    suite: str
+    release: str  # uname -r inside the guest
+    vmlinuz: Path
+    modules: Path  # <root>/lib/modules/<release>
+
+    @property
+    def root(self) -> Path:
+        """Base directory for ``depmod -b`` / ``modprobe -d``."""
+        return self.modules.parents[2]
+
+    @property
+    def config(self) -> Path:
+        return self.vmlinuz.with_name(f"config-{self.release}")
+
+
+def check_suite(suite: str) -> None:
+    if suite not in SUITES:
+        raise LabError(f"unknown suite {suite!r} (choose from: {', '.join(SUITES)})")
+
+
+def fetch(suite: str, *, refresh: bool = False) -> Kernel:
+    """Return the cached kernel for ``suite``, downloading it first if needed (or if ``refresh``)."""
+    check_suite(suite)
+    cache = cache_root()
+    with file_lock(cache / "locks" / f"kernel-{suite}.lock"):
+        if not refresh and (kernel := _cached(cache, suite)):
+            return kernel
+        return _download(cache, suite)
+
+
+def _cached(cache: Path, suite: str) -> Kernel | None:
+    pointer = cache / "suites" / suite
+    if not pointer.is_file():
+        return None
+    release = pointer.read_text().strip()
+    return _kernel_at(cache / "kernels" / release, suite, release)
+
+
+def _kernel_at(tree: Path, suite: str, release: str) -> Kernel | None:
+    if not (tree / _COMPLETE).exists():
+        return None
+    kernel = Kernel(suite, release, tree / "boot" / f"vmlinuz-{release}", tree / "lib" / "modules" / release)
+    if not kernel.vmlinuz.is_file() or not (kernel.modules / "modules.dep").is_file():
+        return None
+    return kernel
+
+
+def _apt_options(apt: Path) -> list[str]:
+    return [
+        "-o", f"Dir::State={apt / 'state'}",
+        "-o", f"Dir::State::status={apt / 'status'}",
+        "-o", f"Dir::Cache={apt / 'cache'}",
+        "-o", f"Dir::Etc::SourceList={apt / 'sources.list'}",
+        "-o", "Dir::Etc::SourceParts=/dev/null",
+        # Host pinning must not influence which kernel a suite resolves to.
+        "-o", "Dir::Etc::Preferences=/dev/null",
+        "-o", "Dir::Etc::PreferencesParts=/dev/null",
+        "-o", "Acquire::Languages=none",
+        "-o", "DPkg::Lock::Timeout=600",
+    ]  # fmt: skip
+
+
+def _prepare_apt(cache: Path, suite: str) -> list[str]:
+    apt = cache / "apt" / suite
+    for sub in ("state/lists/partial", "cache/archives/partial"):
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    (apt / "status").touch()
+    signed = f"[signed-by={KEYRING}] " if KEYRING.is_file() else ""
+    (apt / "sources.list").write_text(f"deb {signed}{MIRROR} {suite} main\n")
+    return _apt_options(apt)
+
+
+def _resolve(opts: list[str], suite: str) -> str:
+    """Name of the concrete image package the suite's linux-image-amd64 depends on."""
+    out = run_tool(["apt-cache", *opts, "depends", "linux-image-amd64"], f"resolving {suite} kernel").stdout
+    for line in out.splitlines():
+        m = re.match(r"\s*\|?Depends:\s*(linux-image-\S+)", line)
+        if m:
+            return m.group(1)
+    raise LabError(f"resolving {suite} kernel failed: linux-image-amd64 has no linux-image-* dependency")
+
+
+def _download(cache: Path, suite: str) -> Kernel:
+    opts = _prepare_apt(cache, suite)
+    log(f"{suite}: updating private package lists")
+    run_tool(["apt-get", *opts, "-q", "update"], f"apt-get update for {suite}")
+    package = _resolve(opts, suite)
+    kernels = cache / "kernels"
+    kernels.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{suite}-", dir=kernels) as tmp:
+        work = Path(tmp)
+        log(f"{suite}: downloading {package}")
+        run_tool(["apt-get", *opts, "-q", "download", package], f"downloading {package}", cwd=work)
+        debs = sorted(work.glob("*.deb"))
+        if not debs:
+            raise LabError(f"downloading {package} failed: no .deb was written")
+        tree = work / "tree"
+        run_tool(["dpkg-deb", "-x", debs[0], tree], f"unpacking {debs[0].name}")
+        release = _normalize_tree(tree, package)
+        run_tool(["depmod", "-b", tree, release], f"depmod for {release}")
+        (tree / _COMPLETE).touch()
+        final = kernels / release
+        if _kernel_at(final, suite, release) is None:
+            shutil.rmtree(final, ignore_errors=True)
+            tree.rename(final)  # same filesystem, so the finished tree appears atomically
+    pointer = cache / "suites" / suite
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    tmp_pointer = pointer.with_suffix(".tmp")
+    tmp_pointer.write_text(release + "\n")
+    tmp_pointer.replace(pointer)
+    kernel = _kernel_at(final, suite, release)
+    if kernel is None:
+        raise LabError(f"{package}: unpacked tree at {final} is incomplete")
+    log(f"{suite}: kernel {release} ready")
+    return kernel
+
+
+def _normalize_tree(tree: Path, package: str) -> str:
+    """Move usr/lib/modules (trixie, merged /usr) to lib/modules, where kmod's -b/-d look; return KVER."""
+    usr_mods = tree / "usr" / "lib" / "modules"
+    mods = tree / "lib" / "modules"
+    if usr_mods.is_dir() and not mods.exists():
+        mods.parent.mkdir(parents=True, exist_ok=True)
+        usr_mods.rename(mods)
+    releases = [p.name for p in mods.iterdir()] if mods.is_dir() else []
+    if len(releases) != 1:
+        raise LabError(f"{package}: expected one modules directory, found {releases or 'none'}")
+    release = releases[0]
+    if not (tree / "boot" / f"vmlinuz-{release}").is_file():
+        raise LabError(f"{package}: no boot/vmlinuz-{release} in the package")
+    return release
+
+
+def pvh_image(kernel: Kernel) -> Path | None:
+    """The uncompressed vmlinux ELF, which QEMU starts through its PVH entry; None if unusable.
+
+    Under TCG the in-guest decompression of a bzImage takes about 4 s, so booting the ELF
+    directly shortens every boot. The result is cached next to the vmlinuz.
+    """
+    target = kernel.vmlinuz.with_name(f"vmlinux-{kernel.release}")
+    if target.is_file():
+        return target
+    try:
+        pvh = "CONFIG_PVH=y" in kernel.config.read_text().splitlines()
+    except OSError:
+        pvh = False
+    if not pvh:
+        return None
+    with file_lock(cache_root() / "locks" / f"kernel-{kernel.suite}.lock"):
+        if target.is_file():
+            return target
+        elf = _decompress_bzimage(kernel.vmlinuz.read_bytes())
+        if elf is None:
+            log(f"{kernel.release}: cannot unpack the bzImage payload; booting the compressed image")
+            return None
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(elf)
+        tmp.replace(target)
+    return target
+
+
+def _decompress_bzimage(image: bytes) -> bytes | None:
+    # x86 boot protocol: setup_sects at 0x1f1, payload_offset/payload_length at 0x248/0x24c.
+    if len(image) < 0x250 or image[0x202:0x206] != b"HdrS":
+        return None
+    setup_sects = image[0x1F1] or 4
+    offset, length = struct.unpack_from("<II", image, 0x248)
+    start = (setup_sects + 1) * 512 + offset
+    # The build appends the uncompressed size (4 bytes) to the compressed stream.
+    payload = image[start : start + length - 4]
+    try:
+        if payload.startswith(b"\xfd7zXZ\x00"):
+            elf = lzma.LZMADecompressor().decompress(payload)
+        elif payload.startswith(b"\x1f\x8b"):
+            elf = gzip.decompress(payload)
+        elif payload.startswith(b"\x28\xb5\x2f\xfd") and (zstd := shutil.which("zstd")):
+            elf = subprocess.run([zstd, "-dcq"], input=payload, capture_output=True, check=True).stdout
+        else:
+            return None
+    except (lzma.LZMAError, OSError, EOFError, subprocess.CalledProcessError):
+        return None
+    return elf if elf.startswith(b"\x7fELF") else None

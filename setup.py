@@ -1,0 +1,18 @@
+"""Builds the CO-RE BPF object with clang when a wheel or sdist is built, so
+the .bpf.o ships as package data (src/bpfnfs/bpf/Makefile is the one recipe)."""
+
+import os
+import subprocess
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithBpf(build_py):
+    def run(self) -> None:
+        if not os.environ.get("BPF_SKIP_BUILD"):
+            subprocess.run(["make", "-C", os.path.join("src", "bpfnfs", "bpf")], check=True)
+        super().run()
+
+
+setup(cmdclass={"build_py": BuildWithBpf})

@@ -1,0 +1,5 @@
+import sys
+
+from bpfnfs.cli.main import main
+
+sys.exit(main())

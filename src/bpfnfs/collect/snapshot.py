@@ -1,0 +1,170 @@
+"""Reading the kernel's per-CPU aggregates into cumulative snapshots.
+
+A Snapshot holds totals since the programs were attached. Rates and per-interval
+figures are differences of two snapshots; nothing in the kernel is reset, so a
+slow reader never loses counts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+
+from bpfnfs.collect import records as R
+from bpfnfs.collect.histogram import Log2Hist
+from bpfnfs.loader.maps import Map
+
+
+class LayoutError(Exception):
+    """User space and the BPF object disagree on a record layout."""
+
+
+def check_layouts(maps: dict[str, Map]) -> None:
+    for name, (ksize, vsize) in R.LAYOUTS.items():
+        m = maps.get(name)
+        if m is None:
+            raise LayoutError(f"BPF object lacks map {name}")
+        if (m.key_size, m.value_size) != (ksize, vsize):
+            raise LayoutError(
+                f"map {name}: object has key/value {m.key_size}/{m.value_size} bytes, user space expects "
+                f"{ksize}/{vsize}; rebuild with `make setup`"
+            )
+
+
+@dataclass
+class RpcOpStats:
+    """Cumulative per-op figures, in mountstats' own terms (times in ns)."""
+
+    ops: int = 0
+    ntrans: int = 0
+    timeouts: int = 0
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    queue_ns: int = 0
+    rtt_ns: int = 0
+    execute_ns: int = 0
+    errors: int = 0
+    queue: Log2Hist = field(default_factory=Log2Hist)
+    rtt: Log2Hist = field(default_factory=Log2Hist)
+    execute: Log2Hist = field(default_factory=Log2Hist)
+
+    SCALARS = (
+        "ops",
+        "ntrans",
+        "timeouts",
+        "bytes_sent",
+        "bytes_recv",
+        "queue_ns",
+        "rtt_ns",
+        "execute_ns",
+        "errors",
+    )
+
+    @classmethod
+    def from_raw(cls, v: tuple[int, ...]) -> RpcOpStats:
+        n = R.RPC_VAL_SCALARS
+        h = R.HIST_SLOTS
+        s = cls(*v[:n])
+        s.queue = Log2Hist(list(v[n : n + h]), s.queue_ns)
+        s.rtt = Log2Hist(list(v[n + h : n + 2 * h]), s.rtt_ns)
+        s.execute = Log2Hist(list(v[n + 2 * h : n + 3 * h]), s.execute_ns)
+        return s
+
+    def _combine(self, other: RpcOpStats, sign: int) -> RpcOpStats:
+        out = RpcOpStats(*(getattr(self, k) + sign * getattr(other, k) for k in self.SCALARS))
+        if sign > 0:
+            out.queue, out.rtt, out.execute = (
+                self.queue + other.queue,
+                self.rtt + other.rtt,
+                self.execute + other.execute,
+            )
+        else:
+            out.queue, out.rtt, out.execute = (
+                self.queue - other.queue,
+                self.rtt - other.rtt,
+                self.execute - other.execute,
+            )
+        return out
+
+    def __add__(self, other: RpcOpStats) -> RpcOpStats:
+        return self._combine(other, 1)
+
+    def __sub__(self, other: RpcOpStats) -> RpcOpStats:
+        return self._combine(other, -1)
+
+
+@dataclass
+class IoStats:
+    read_calls: int = 0
+    read_bytes: int = 0
+    direct_read_bytes: int = 0
+    write_calls: int = 0
+    write_bytes: int = 0
+    direct_write_bytes: int = 0
+    server_read_bytes: int = 0
+    server_write_bytes: int = 0
+    read_rpcs: int = 0
+    write_rpcs: int = 0
+
+    def __add__(self, other: IoStats) -> IoStats:
+        return IoStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def __sub__(self, other: IoStats) -> IoStats:
+        return IoStats(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    clid: int
+    parent: int
+    vers: int
+    prog: str
+    parent_known: bool
+
+
+RpcKey = tuple[int, int, str]  # (clid, vers, proc)
+
+
+@dataclass
+class Snapshot:
+    taken: float  # time.monotonic()
+    rpc: dict[RpcKey, RpcOpStats] = field(default_factory=dict)
+    clients: dict[int, ClientInfo] = field(default_factory=dict)
+    io: dict[int, IoStats] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def _sum_percpu(m: Map, raw: bytes, st: object) -> tuple[int, ...]:
+    import struct as _struct
+
+    assert isinstance(st, _struct.Struct)
+    total: list[int] | None = None
+    for slot in m.percpu_slots(raw):
+        vals = st.unpack(slot)
+        total = list(vals) if total is None else [a + b for a, b in zip(total, vals, strict=True)]
+    return tuple(total or ())
+
+
+def read_snapshot(maps: dict[str, Map]) -> Snapshot:
+    snap = Snapshot(taken=time.monotonic())
+    rpc_map = maps["rpc_stats"]
+    for k, v in rpc_map.items():
+        clid, vers, proc = R.RPC_KEY.unpack(k)
+        snap.rpc[(clid, vers, R.cstr(proc))] = RpcOpStats.from_raw(_sum_percpu(rpc_map, v, R.RPC_VAL))
+    for k, v in maps["clients"].items():
+        (clid,) = R.U32.unpack(k)
+        parent, vers, flags, _pad, prog = R.CLNT_INFO.unpack(v)
+        snap.clients[clid] = ClientInfo(clid, parent, vers, R.cstr(prog), bool(flags & R.CLNT_F_PARENT_KNOWN))
+    io_map = maps["io_stats"]
+    for k, v in io_map.items():
+        (dev,) = R.DEV_KEY.unpack(k)
+        snap.io[dev] = IoStats(*_sum_percpu(io_map, v, R.IO_VAL))
+    cnt = maps["counters"]
+    for k, v in cnt.items():
+        (idx,) = R.U32.unpack(k)
+        if idx < len(R.COUNTERS):
+            snap.counters[R.COUNTERS[idx]] = sum(R.U64.unpack(s)[0] for s in cnt.percpu_slots(v))
+    return snap

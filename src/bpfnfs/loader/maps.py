@@ -1,0 +1,144 @@
+"""BPF map access: whole-map reads in batches (per-CPU values summed by caller)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bpfnfs.loader.libbpf import BpfMapBatchOpts, Libbpf, LibbpfError, errno_message
+
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+BPF_MAP_TYPE_RINGBUF = 27
+
+PERCPU_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
+
+
+def _round8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+@dataclass
+class Map:
+    lib: Libbpf
+    ptr: int
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    fd: int = -1
+
+    @classmethod
+    def from_libbpf(cls, lib: Libbpf, ptr: int) -> Map:
+        L = lib.lib
+        return cls(
+            lib=lib,
+            ptr=ptr,
+            name=L.bpf_map__name(ptr).decode(),
+            type=L.bpf_map__type(ptr),
+            key_size=L.bpf_map__key_size(ptr),
+            value_size=L.bpf_map__value_size(ptr),
+            max_entries=L.bpf_map__max_entries(ptr),
+        )
+
+    def refresh_fd(self, lib: Libbpf) -> None:
+        self.fd = lib.lib.bpf_map__fd(self.ptr)
+
+    @property
+    def percpu(self) -> bool:
+        return self.type in PERCPU_TYPES
+
+    def set_max_entries(self, n: int) -> None:
+        ret = self.lib.lib.bpf_map__set_max_entries(self.ptr, n)
+        if ret:
+            raise LibbpfError(f"{self.name}: cannot set max_entries={n}: {errno_message(ret)}")
+        self.max_entries = n
+
+    def _stride(self, ncpus: int) -> int:
+        # Per-CPU values are laid out per possible CPU, each rounded up to 8 bytes.
+        return _round8(self.value_size) * ncpus if self.percpu else self.value_size
+
+    def items(self, batch: int = 256) -> Iterator[tuple[bytes, bytes]]:
+        """All (key, value) pairs. Per-CPU values come back as ncpus concatenated slots.
+
+        Uses BPF_MAP_LOOKUP_BATCH (one syscall per `batch` keys, kernel >= 5.6) and
+        falls back to get_next_key + lookup where batching is unsupported (arrays on
+        old kernels, EINVAL/ENOTSUPP)."""
+        L = self.lib.lib
+        ncpus = self.lib.num_possible_cpus() if self.percpu else 1
+        vsize = self._stride(ncpus)
+        keys = ctypes.create_string_buffer(self.key_size * batch)
+        vals = ctypes.create_string_buffer(vsize * batch)
+        in_batch = ctypes.create_string_buffer(max(self.key_size, 8))
+        out_batch = ctypes.create_string_buffer(max(self.key_size, 8))
+        opts = BpfMapBatchOpts(sz=ctypes.sizeof(BpfMapBatchOpts))
+        first = True
+        while True:
+            count = ctypes.c_uint32(batch)
+            ctypes.set_errno(0)
+            ret = L.bpf_map_lookup_batch(
+                self.fd,
+                None if first else in_batch,
+                out_batch,
+                keys,
+                vals,
+                ctypes.byref(count),
+                ctypes.byref(opts),
+            )
+            err = -ret if ret < 0 else 0
+            if ret and err not in (errno.ENOENT,):
+                if first and err in (errno.EINVAL, errno.ENOTSUP, 524):  # 524: ENOTSUPP
+                    yield from self._items_slow(vsize)
+                    return
+                raise LibbpfError(f"{self.name}: batch lookup failed: {errno_message(ret)}")
+            n = count.value
+            raw_k, raw_v = keys.raw, vals.raw
+            for i in range(n):
+                yield (
+                    raw_k[i * self.key_size : (i + 1) * self.key_size],
+                    raw_v[i * vsize : (i + 1) * vsize],
+                )
+            if err == errno.ENOENT:
+                return
+            ctypes.memmove(in_batch, out_batch, len(out_batch))
+            first = False
+
+    def _items_slow(self, vsize: int) -> Iterator[tuple[bytes, bytes]]:
+        L = self.lib.lib
+        key = ctypes.create_string_buffer(self.key_size)
+        nxt = ctypes.create_string_buffer(self.key_size)
+        val = ctypes.create_string_buffer(vsize)
+        prev = None
+        while L.bpf_map_get_next_key(self.fd, prev, nxt) == 0:
+            ctypes.memmove(key, nxt, self.key_size)
+            prev = key
+            if L.bpf_map_lookup_elem(self.fd, key, val) == 0:
+                yield key.raw, val.raw
+
+    def lookup(self, key: bytes) -> bytes | None:
+        ncpus = self.lib.num_possible_cpus() if self.percpu else 1
+        val = ctypes.create_string_buffer(self._stride(ncpus))
+        if self.lib.lib.bpf_map_lookup_elem(self.fd, key, val) != 0:
+            return None
+        return val.raw
+
+    def delete(self, key: bytes) -> bool:
+        return self.lib.lib.bpf_map_delete_elem(self.fd, key) == 0
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        ret = self.lib.lib.bpf_map_update_elem(self.fd, key, value, flags)
+        if ret:
+            raise LibbpfError(f"{self.name}: update failed: {errno_message(ret)}")
+
+    def percpu_slots(self, raw: bytes) -> Iterator[bytes]:
+        """Split a per-CPU value into one slot per possible CPU."""
+        step = _round8(self.value_size)
+        for off in range(0, len(raw), step):
+            yield raw[off : off + self.value_size]

@@ -1,0 +1,147 @@
+"""A loaded BPF object: open from package data, choose programs, set .rodata,
+load, attach, detach. Thin and explicit; the policy lives in probes/."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from importlib import resources
+
+from bpfnfs.loader.libbpf import BpfObjectOpenOpts, Libbpf, LibbpfError, errno_message, libbpf
+from bpfnfs.loader.maps import Map
+
+
+class LoadError(Exception):
+    """The object failed to open, load or attach; message includes libbpf's log tail."""
+
+
+def object_bytes(name: str = "bpfnfs.bpf.o") -> bytes:
+    """The compiled object shipped as package data (built by clang at set-up)."""
+    try:
+        return resources.files("bpfnfs").joinpath("bpf", name).read_bytes()
+    except FileNotFoundError:
+        raise LoadError(
+            f"the BPF object {name} is not built; run `make setup` (needs clang) in the source tree"
+        ) from None
+
+
+@dataclass
+class Program:
+    ptr: int
+    name: str
+    section: str
+
+
+@dataclass
+class Link:
+    program: str
+    section: str
+    ptr: int
+
+
+@dataclass
+class BpfObject:
+    """One libbpf bpf_object. Not thread-safe; owned by the agent's main loop."""
+
+    data: bytes
+    name: str = "bpfnfs"
+    lib: Libbpf = field(default_factory=libbpf)
+    ptr: int = 0
+    programs: dict[str, Program] = field(default_factory=dict)
+    maps: dict[str, Map] = field(default_factory=dict)
+    links: list[Link] = field(default_factory=list)
+    loaded: bool = False
+
+    def open(self) -> BpfObject:
+        L = self.lib.lib
+        # libbpf keeps pointers into the buffer until close: hold it.
+        self._buf = ctypes.create_string_buffer(self.data, len(self.data))
+        self._name = self.name.encode()
+        opts = BpfObjectOpenOpts(sz=ctypes.sizeof(BpfObjectOpenOpts), object_name=self._name)
+        self.lib.clear_log()
+        ptr = L.bpf_object__open_mem(self._buf, len(self.data), ctypes.byref(opts))
+        if not ptr:
+            raise LoadError(f"cannot open the BPF object: {errno_message(0)}\n" + self._log())
+        self.ptr = ptr
+        prog = L.bpf_object__next_program(ptr, None)
+        while prog:
+            name = L.bpf_program__name(prog).decode()
+            self.programs[name] = Program(prog, name, L.bpf_program__section_name(prog).decode())
+            prog = L.bpf_object__next_program(ptr, prog)
+        m = L.bpf_object__next_map(ptr, None)
+        while m:
+            mp = Map.from_libbpf(self.lib, m)
+            self.maps[mp.name] = mp
+            m = L.bpf_object__next_map(ptr, m)
+        return self
+
+    def _log(self) -> str:
+        return "\n".join("  libbpf: " + line for line in self.lib.last_log(25))
+
+    def set_autoload(self, enabled: set[str]) -> None:
+        """Load only the named programs (each variant needs its own kernel support)."""
+        unknown = enabled - self.programs.keys()
+        if unknown:
+            raise LoadError(f"unknown BPF programs: {', '.join(sorted(unknown))}")
+        for name, p in self.programs.items():
+            self.lib.lib.bpf_program__set_autoload(p.ptr, name in enabled)
+
+    def rodata(self) -> Map:
+        for name, m in self.maps.items():
+            if name.endswith(".rodata"):
+                return m
+        raise LoadError("the BPF object has no .rodata map")
+
+    def set_rodata(self, value: bytes) -> None:
+        """Write the config. Only possible before load with libbpf < 1.5."""
+        m = self.rodata()
+        if len(value) != m.value_size:
+            raise LoadError(
+                f"config size mismatch: user space packs {len(value)} bytes, object has {m.value_size}; "
+                "src/bpfnfs/bpf/bpfnfs.h and collect/records.py disagree"
+            )
+        buf = ctypes.create_string_buffer(value, len(value))
+        ret = self.lib.lib.bpf_map__set_initial_value(m.ptr, buf, len(value))
+        if ret:
+            raise LoadError(f"cannot set .rodata: {errno_message(ret)}")
+
+    def load(self) -> None:
+        self.lib.clear_log()
+        ret = self.lib.lib.bpf_object__load(self.ptr)
+        if ret:
+            raise LoadError(f"the kernel rejected the BPF object ({errno_message(ret)}):\n" + self._log())
+        self.loaded = True
+        for m in self.maps.values():
+            m.refresh_fd(self.lib)
+
+    def attach(self, name: str) -> Link:
+        p = self.programs[name]
+        self.lib.clear_log()
+        ctypes.set_errno(0)
+        link = self.lib.lib.bpf_program__attach(p.ptr)
+        if not link:
+            raise LoadError(f"cannot attach {p.section} ({errno_message(0)})\n" + self._log())
+        lk = Link(name, p.section, link)
+        self.links.append(lk)
+        return lk
+
+    def detach_all(self) -> None:
+        while self.links:
+            lk = self.links.pop()
+            self.lib.lib.bpf_link__destroy(lk.ptr)
+
+    def close(self) -> None:
+        self.detach_all()
+        if self.ptr:
+            self.lib.lib.bpf_object__close(self.ptr)
+            self.ptr = 0
+            self.loaded = False
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["BpfObject", "LibbpfError", "Link", "LoadError", "Program", "object_bytes"]

@@ -1,0 +1,54 @@
+"""Command-line errors: argparse-style message and exit code 2, no traceback."""
+
+from pathlib import Path
+
+import pytest
+
+from bpfnfs.cli.main import parse_config
+from bpfnfs.config import Config, ConfigError
+from bpfnfs.probes.system import RequirementError, check_privileges, check_vmlinux_btf, effective_caps
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--interval", "x"],
+        ["--interval", "0"],
+        ["--count", "0"],
+        ["--tier", "bogus"],
+        ["--bogus"],
+        ["run", "-c", "-1"],
+    ],
+)
+def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_config(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: bpfnfs" in err and "error:" in err
+
+
+def test_run_alias_and_defaults() -> None:
+    cfg = parse_config(["run", "--json", "-i", "0.5", "-c", "3"])
+    assert cfg == Config(interval=0.5, count=3, json=True)
+    assert parse_config([]) == Config()
+
+
+def test_config_validates() -> None:
+    with pytest.raises(ConfigError, match="interval"):
+        Config(interval=0.001)
+    with pytest.raises(ConfigError, match="tier"):
+        Config(tier="kprobe")
+
+
+def test_privileges_message() -> None:
+    with pytest.raises(RequirementError, match=r"CAP_BPF and CAP_PERFMON.*sudo"):
+        check_privileges(caps=0)
+    check_privileges(caps=1 << 21)  # CAP_SYS_ADMIN
+    check_privileges(caps=(1 << 38) | (1 << 39))  # CAP_PERFMON + CAP_BPF
+    assert effective_caps("Name:\tx\nCapEff:\t000001ffffffffff\n") == 0x1FFFFFFFFFF
+
+
+def test_missing_btf_message(tmp_path: Path) -> None:
+    with pytest.raises(RequirementError, match="CONFIG_DEBUG_INFO_BTF"):
+        check_vmlinux_btf(tmp_path)

@@ -1,0 +1,31 @@
+"""The Python mirror of bpfnfs.h against the compiled object (no privileges needed:
+opening an object parses it; only loading needs the kernel)."""
+
+from bpfnfs.collect import records as R
+from bpfnfs.collect.snapshot import check_layouts
+from bpfnfs.loader.object import BpfObject, object_bytes
+from bpfnfs.probes.tiers import BTF_PROGRAMS, COMMON_PROGRAMS, TRACEFS_PROGRAMS
+
+
+def test_map_layouts_match_object() -> None:
+    with BpfObject(object_bytes()).open() as obj:
+        check_layouts(obj.maps)
+        assert obj.rodata().value_size == R.CONFIG.size
+        assert obj.maps["events"].type == 27  # one ring buffer for per-op records
+
+
+def test_every_tier_program_exists() -> None:
+    with BpfObject(object_bytes()).open() as obj:
+        assert set(BTF_PROGRAMS + TRACEFS_PROGRAMS + COMMON_PROGRAMS) == set(obj.programs)
+
+
+def test_record_sizes() -> None:
+    assert R.RPC_KEY.size == 32
+    assert R.RPC_VAL.size == 840
+    assert R.OP_EVENT.size == 128
+    assert R.CONFIG.size == 72
+    packed = R.pack_config(1234, R.CFG_F_EVENTS, 10**7, 0o40000, {"sl_rtt": 40, "wb_res_count": 52})
+    vals = R.CONFIG.unpack(packed)
+    assert vals[:4] == (1234, R.CFG_F_EVENTS, 10**7, 0o40000)
+    assert vals[5 + R.TP_OFFSET_FIELDS.index("sl_rtt")] == 40
+    assert vals[5 + R.TP_OFFSET_FIELDS.index("wb_res_count")] == 52

@@ -1,0 +1,119 @@
+"""Tier choice and tracefs offsets, against fake tracefs trees of 5.10 and 6.12."""
+
+from pathlib import Path
+
+import pytest
+
+from bpfnfs.probes.tiers import BTF_PROGRAMS, TRACEFS_PROGRAMS, TierError, plan
+
+COMMON = """\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+"""
+
+
+def _event(root: Path, system: str, name: str, fields: list[tuple[str, str, int, int]]) -> None:
+    d = root / "events" / system / name
+    d.mkdir(parents=True)
+    body = "".join(f"\tfield:{t} {n};\toffset:{o};\tsize:{s};\tsigned:0;\n" for t, n, o, s in fields)
+    d.joinpath("format").write_text(f'name: {name}\nID: 1\nformat:\n{COMMON}\n{body}\nprint fmt: "x"\n')
+
+
+def fake_tracefs(root: Path, xprt_id: bool = False, status: str = "status", rtt_size: int = 8) -> Path:
+    o = 12 if xprt_id else 8
+    sl = [
+        ("unsigned int", "task_id", o, 4),
+        ("unsigned int", "client_id", o + 4, 4),
+        ("u32", "xid", o + 8, 4),
+        ("int", "version", o + 12, 4),
+        ("__data_loc char[]", "progname", o + 16, 4),
+        ("__data_loc char[]", "procname", o + 20, 4),
+        ("unsigned long", "backlog", o + 24, 8),
+        ("unsigned long", "rtt", o + 32, rtt_size),
+        ("unsigned long", "execute", o + 40, 8),
+    ]
+    if xprt_id:
+        sl.insert(0, ("unsigned int", "xprt_id", 8, 4))
+    _event(root, "sunrpc", "rpc_stats_latency", sl)
+    _event(
+        root,
+        "sunrpc",
+        "rpc_request",
+        [
+            ("unsigned int", "task_id", 8, 4),
+            ("unsigned int", "client_id", 12, 4),
+            ("int", "version", 16, 4),
+            ("bool", "async", 20, 1),
+            ("__data_loc char[]", "progname", 24, 4),
+            ("__data_loc char[]", "procname", 28, 4),
+        ],
+    )
+    _event(
+        root,
+        "sunrpc",
+        "rpc_task_end",
+        [
+            ("unsigned int", "task_id", 8, 4),
+            ("unsigned int", "client_id", 12, 4),
+            ("const void *", "action", 16, 8),
+            ("unsigned long", "runstate", 24, 8),
+            ("int", "status", 32, 4),
+            ("unsigned short", "flags", 36, 2),
+        ],
+    )
+    for ev in ("nfs_readpage_done", "nfs_writeback_done"):
+        _event(
+            root,
+            "nfs",
+            ev,
+            [
+                ("dev_t", "dev", 8, 4),
+                ("u32", "fhandle", 12, 4),
+                ("u64", "fileid", 16, 8),
+                ("loff_t", "offset", 24, 8),
+                ("u32", "arg_count", 32, 4),
+                ("u32", "res_count", 36, 4),
+                ("int", status, 40, 4),
+            ],
+        )
+    return root
+
+
+def test_auto_prefers_btf(tmp_path: Path) -> None:
+    p = plan("auto", True, fake_tracefs(tmp_path))
+    assert p.tier == "btf"
+    assert set(BTF_PROGRAMS) <= set(p.programs)
+    assert p.offsets["rq_client_id"] == 12
+
+
+def test_tracefs_offsets_5_10(tmp_path: Path) -> None:
+    p = plan("auto", False, fake_tracefs(tmp_path))
+    assert p.tier == "tracefs"
+    assert set(TRACEFS_PROGRAMS) <= set(p.programs)
+    assert p.offsets["sl_client_id"] == 12
+    assert p.offsets["sl_rtt"] == 40
+    assert p.offsets["rd_res_count"] == 36
+    assert "CONFIG_DEBUG_INFO_BTF_MODULES" in p.describe()
+
+
+def test_tracefs_offsets_follow_6_12_layout(tmp_path: Path) -> None:
+    p = plan("tracefs", True, fake_tracefs(tmp_path, xprt_id=True, status="error"))
+    assert p.offsets["sl_client_id"] == 16
+    assert p.offsets["sl_execute"] == 52
+
+
+def test_btf_refused_without_module_btf(tmp_path: Path) -> None:
+    with pytest.raises(TierError, match="module BTF"):
+        plan("btf", False, fake_tracefs(tmp_path))
+
+
+def test_unexpected_field_size_is_named(tmp_path: Path) -> None:
+    with pytest.raises(TierError, match="rpc_stats_latency field rtt has size 4"):
+        plan("tracefs", False, fake_tracefs(tmp_path, rtt_size=4))
+
+
+def test_missing_event_is_named(tmp_path: Path) -> None:
+    (tmp_path / "events").mkdir()
+    with pytest.raises(TierError, match=r"sunrpc.*does not exist"):
+        plan("auto", True, tmp_path)

@@ -14,9 +14,12 @@ USAGE_EPILOG = """\
 examples:
   python3 -m lab kernel bullseye bookworm trixie
   python3 -m lab run --suite trixie -- 'uname -r; grep nfs /proc/self/mountinfo'
-  python3 -m lab run --nfs none --stream -- python3 -m bpfnfs --help
+  python3 -m lab run --nfs none --stream -- env PYTHONPATH=src python3 -m bpfnfs --help
 
-A single CMD argument is run with sh -c; several are run as an argv.
+A single CMD argument is run with sh -c; several are run as an argv. The guest command runs in
+the current directory (read-only; write to $LAB_OUT or /tmp). "run" exits with the command's
+status, 124 on timeout, 125 if the guest reported nothing; 2 on lab errors (bad suite, no QEMU,
+download failure).
 """
 
 
@@ -71,9 +74,12 @@ def _run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         stream=args.stream,
     )
+    text = result.output_log.read_text(errors="replace") if result.output_log.is_file() else ""
     if not args.stream:
-        sys.stdout.write(result.output_log.read_text(errors="replace"))
-        sys.stdout.flush()
+        sys.stdout.write(text)
+    if text and not text.endswith("\n"):
+        sys.stdout.write("\n")  # keep our summary line off the command's last line
+    sys.stdout.flush()
     ev = result.events
     marks = ", ".join(f"{name} {ev[name]:.1f} s" for name in ("nfs-ready", "command-start") if name in ev)
     summary = f"lab: {args.suite} {result.release}: rc={result.rc} in {result.wall_seconds:.1f} s"

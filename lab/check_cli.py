@@ -114,6 +114,17 @@ def mounted(c: Checks, out: Path) -> None:
     # Bad input: unknown flag and a tier this kernel cannot serve.
     r = subprocess.run([*BPFNFS, "--interval", "-1"], capture_output=True, text=True)
     c.add("bad --interval exits 2", r.returncode == 2 and "interval" in r.stderr, r.stderr)
+    # Not root: dropping to nobody clears every capability.
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *BPFNFS, "--count", "1"],
+        capture_output=True,
+        text=True,
+    )
+    c.add(
+        "non-root exits 2 naming the fix",
+        r.returncode == 2 and "sudo" in r.stderr and "Traceback" not in r.stderr,
+        r.stderr,
+    )
     if not Path("/sys/kernel/btf/nfs").exists():
         r = subprocess.run([*BPFNFS, "--tier", "btf", "--count", "1"], capture_output=True, text=True)
         c.add(

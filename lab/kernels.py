@@ -113,7 +113,11 @@ def _resolve(opts: list[str], suite: str) -> str:
 def _download(cache: Path, suite: str) -> Kernel:
     opts = _prepare_apt(cache, suite)
     log(f"{suite}: updating private package lists")
-    run_tool(["apt-get", *opts, "-q", "update"], f"apt-get update for {suite}")
+    update = run_tool(["apt-get", *opts, "-q", "update"], f"apt-get update for {suite}")
+    # apt-get update exits 0 when an index cannot be fetched; it only warns.
+    failed = [ln for ln in update.stderr.splitlines() if ln.startswith(("W: Failed to fetch", "E:"))]
+    if failed:
+        raise LabError(f"apt-get update for {suite} failed: {' '.join(failed[0].split())}")
     package = _resolve(opts, suite)
     kernels = cache / "kernels"
     kernels.mkdir(parents=True, exist_ok=True)

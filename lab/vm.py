@@ -8,6 +8,7 @@ output can be streamed live without kernel messages mixed in.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import os
 import re
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, TextIO
 
 from lab import initramfs, kernels
 from lab.common import LabError
@@ -37,6 +38,7 @@ RC_NO_REPORT = 125
 # Guest mounts its own filesystems over these, which would hide a result share placed there.
 _HIDDEN = (Path("/proc"), Path("/sys"), Path("/dev"), Path("/run"))
 _EVENT = re.compile(r"lab-event: (\S+)")
+_FAILURE = re.compile(r"(Kernel panic.*|lab-stage1: FAILED: .*|lab-init: FAILED: .*|nfs-up: FAILED: .*)")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ def run(
     out = _prepare_out_dir(out_dir)
     cwd = Path.cwd()
     _check_cmdline_path(cwd, "working directory")
+    _check_cmdline_path(GUEST_INIT, "lab directory")
     kernel = kernels.fetch(suite)
     initrd = initramfs.build(kernel)
     # The uncompressed ELF skips ~4 s of decompression under TCG; BPFNFS_LAB_PVH=0 opts out.
@@ -205,82 +208,133 @@ class _Lines:
             self._buf = b""
 
 
+def _live_writer() -> Callable[[bytes], None]:
+    """Write the command's bytes to our stdout at once: a person may be watching a live table."""
+    binary: BinaryIO | None = getattr(sys.stdout, "buffer", None)
+    if binary is not None:
+
+        def write_bytes(data: bytes) -> None:
+            binary.write(data)
+            binary.flush()
+
+        return write_bytes
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write_text(data: bytes) -> None:  # a replaced sys.stdout (e.g. under pytest) has no .buffer
+        sys.stdout.write(decoder.decode(data))
+        sys.stdout.flush()
+
+    return write_text
+
+
+class _Streams:
+    """Route QEMU's console, the command's serial port and QEMU's stderr to the logs."""
+
+    def __init__(self, console: TextIO, output: BinaryIO, live: Callable[[bytes], None] | None) -> None:
+        self.start = time.monotonic()
+        self.events: dict[str, float] = {}
+        self.qemu_errors: list[str] = []
+        self.failures: list[str] = []  # guest lines explaining a missing exit status
+        self._console = console
+        self._output = output
+        self._live = live
+        self._lines = {
+            "console": _Lines(self._on_console),
+            "command": _Lines(self._on_command),
+            "qemu": _Lines(self._on_qemu),
+        }
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.start, 3)
+
+    def note(self, line: str) -> None:
+        self._console.write(f"[{self.elapsed():8.3f}] {line}\n")
+
+    def feed(self, stream: str, data: bytes) -> None:
+        if stream == "command":
+            self._output.write(data)
+            if self._live is not None:
+                self._live(data)
+        self._lines[stream].feed(data)
+
+    def close(self) -> None:
+        for lines in self._lines.values():
+            lines.close()
+
+    def _on_console(self, line: str) -> None:
+        if m := _EVENT.search(line):
+            self.events.setdefault(m.group(1), self.elapsed())
+        elif m := _FAILURE.search(line):
+            self.failures.append(m.group(1))
+        self.note(line)
+
+    def _on_command(self, line: str) -> None:
+        self.note(f"| {line}")
+
+    def _on_qemu(self, line: str) -> None:
+        self.qemu_errors.append(line)
+        self.note(f"qemu: {line}")
+
+
 def _boot(argv: list[str], cmd_fifo: Path, out: Path, release: str, timeout: float, stream: bool) -> VMResult:
-    console_path, output_path = out / "console.log", out / "output.log"
-    events: dict[str, float] = {}
-    qemu_errors: list[str] = []
-    live: BinaryIO | None = getattr(sys.stdout, "buffer", None) if stream else None
     # O_RDWR: the FIFO then never reports EOF before QEMU opens it; the end is QEMU's exit.
     cmd_fd = os.open(cmd_fifo, os.O_RDWR | os.O_NONBLOCK)
-    start = time.monotonic()
-    timed_out = False
-    proc: subprocess.Popen[bytes] | None = None
-    with console_path.open("w", encoding="utf-8") as console, output_path.open("wb") as output:
-
-        def stamp() -> str:
-            return f"[{time.monotonic() - start:8.3f}]"
-
-        def on_console(line: str) -> None:
-            if m := _EVENT.search(line):
-                events.setdefault(m.group(1), round(time.monotonic() - start, 3))
-            console.write(f"{stamp()} {line}\n")
-
-        def on_command(line: str) -> None:
-            console.write(f"{stamp()} | {line}\n")
-
-        def on_qemu(line: str) -> None:
-            qemu_errors.append(line)
-            console.write(f"{stamp()} qemu: {line}\n")
-
-        splitters = {"console": _Lines(on_console), "command": _Lines(on_command), "qemu": _Lines(on_qemu)}
+    with (
+        (out / "console.log").open("w", encoding="utf-8") as console,
+        (out / "output.log").open("wb") as output,
+    ):
+        streams = _Streams(console, output, _live_writer() if stream else None)
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # a terminal ^C reaches only us; we then kill QEMU ourselves
-                preexec_fn=_set_pdeathsig,
-            )
-            assert proc.stdout is not None and proc.stderr is not None
-            sel = selectors.DefaultSelector()
+            timed_out, qemu_rc = _run_qemu(argv, cmd_fd, streams, streams.start + timeout)
+        finally:
+            os.close(cmd_fd)
+            streams.close()
+        wall = streams.elapsed()
+        streams.note(f"lab: QEMU exited with status {qemu_rc}")
+    problems = streams.failures + [f"QEMU: {line}" for line in streams.qemu_errors]
+    return _result(out, release, wall, streams.events, timed_out, timeout, problems)
+
+
+def _run_qemu(argv: list[str], cmd_fd: int, streams: _Streams, deadline: float) -> tuple[bool, int]:
+    """Run QEMU until it exits or the deadline passes; QEMU is killed on any way out of here."""
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a terminal ^C reaches only us; we then kill QEMU ourselves
+        preexec_fn=_set_pdeathsig,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ, "console")
             sel.register(proc.stderr, selectors.EVENT_READ, "qemu")
             sel.register(cmd_fd, selectors.EVENT_READ, "command")
-            deadline = start + timeout
-            open_pipes = 2
+            open_pipes = 2  # QEMU's stdout and stderr; both reach EOF when it exits
             while open_pipes:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    timed_out = True
-                    break
+                    return True, -signal.SIGKILL
                 for key, _ in sel.select(min(remaining, 1.0)):
-                    data = os.read(key.fd, 65536)
-                    if key.data == "command":
-                        output.write(data)
-                        if live is not None:
-                            live.write(data)
-                            live.flush()
-                    elif not data:
+                    try:
+                        data = os.read(key.fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    if not data and key.data != "command":
                         sel.unregister(key.fileobj)
                         open_pipes -= 1
-                        continue
-                    splitters[key.data].feed(data)
-            _drain(cmd_fd, output, splitters["command"], live)
-        finally:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-            if proc is not None:
-                proc.wait()
-            os.close(cmd_fd)
-            for splitter in splitters.values():
-                splitter.close()
-        wall = round(time.monotonic() - start, 3)
-        console.write(f"{stamp()} lab: QEMU exited with status {proc.returncode}\n")
-    return _result(out, release, wall, events, timed_out, timeout, qemu_errors)
+                    elif data:
+                        streams.feed(key.data, data)
+        _drain(cmd_fd, streams)
+        return False, proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
-def _drain(fd: int, output: BinaryIO, lines: _Lines, live: BinaryIO | None) -> None:
+def _drain(fd: int, streams: _Streams) -> None:
     """Read what the command wrote just before power-off and is still in the FIFO."""
     while True:
         try:
@@ -289,11 +343,7 @@ def _drain(fd: int, output: BinaryIO, lines: _Lines, live: BinaryIO | None) -> N
             return
         if not data:
             return
-        output.write(data)
-        lines.feed(data)
-        if live is not None:
-            live.write(data)
-            live.flush()
+        streams.feed("command", data)
 
 
 def _result(
@@ -303,22 +353,22 @@ def _result(
     events: dict[str, float],
     timed_out: bool,
     timeout: float,
-    qemu_errors: list[str],
+    problems: list[str],
 ) -> VMResult:
-    rc, error = _status(out, timed_out, timeout, qemu_errors)
+    rc, error = _status(out, timed_out, timeout, problems)
     return VMResult(rc, out / "console.log", out / "output.log", wall, release, events, error)
 
 
-def _status(out: Path, timed_out: bool, timeout: float, qemu_errors: list[str]) -> tuple[int, str | None]:
+def _status(out: Path, timed_out: bool, timeout: float, problems: list[str]) -> tuple[int, str | None]:
     if timed_out:
         return RC_TIMEOUT, f"timed out after {timeout:g} s"
     rc_file = out / "rc"
     text = rc_file.read_text().strip() if rc_file.is_file() else ""
     if text.lstrip("-").isdigit():
         return int(text), None
+    if problems:
+        return RC_NO_REPORT, problems[0]  # the first one is the cause; QEMU's first line names the option
     setup = out / "setup-error"
     if setup.is_file():
         return RC_NO_REPORT, "guest setup failed: " + setup.read_text().strip()
-    if qemu_errors:
-        return RC_NO_REPORT, "QEMU: " + qemu_errors[-1]
     return RC_NO_REPORT, "the guest reported no exit status (see the console log)"

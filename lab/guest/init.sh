@@ -13,7 +13,8 @@ event() { echo "lab-event: $*"; }
 power_off() {
     sync
     mkfifo /run/lab-hold 2>/dev/null
-    echo o >/proc/sysrq-trigger
+    # Without /proc there is no sysrq: exiting PID 1 then ends the VM through panic=-1.
+    echo o >/proc/sysrq-trigger || exit 1
     # Builtins only from here: the 9p root goes away during power-off, so an exec would fail,
     # PID 1 would exit and the kernel would panic. Opening a FIFO without a writer blocks for good.
     while :; do : </run/lab-hold; done 2>/dev/null

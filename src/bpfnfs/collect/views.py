@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpfnfs.collect.snapshot import IoStats, RpcOpStats, Snapshot
-from bpfnfs.enrich.mounts import NfsMount, client_chains
+from bpfnfs.enrich.mounts import NfsMount, client_chains, client_transports
 
 
 @dataclass
@@ -48,7 +48,9 @@ class Report:
 
 
 def build_report(snap: Snapshot, mounts: list[NfsMount]) -> Report:
-    chains, unattributed = client_chains(mounts, snap.clients)
+    # Parent pointers come from the kernel on the btf tier; otherwise ask debugfs.
+    need_xprts = any(not c.parent_known for c in snap.clients.values())
+    chains, unattributed = client_chains(mounts, snap.clients, client_transports() if need_xprts else None)
     by_clid: dict[int, dict[str, RpcOpStats]] = {}
     for (clid, _vers, proc), s in snap.rpc.items():
         per = by_clid.setdefault(clid, {})

@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bpfnfs.collect import records as R
 from bpfnfs.collect.snapshot import ClientInfo
@@ -147,15 +148,38 @@ def rpc_version(m: Mount) -> int | None:
         return None
 
 
+RPC_CLNT_DEBUGFS = Path("/sys/kernel/debug/sunrpc/rpc_clnt")
+
+
+def client_transports(root: Path = RPC_CLNT_DEBUGFS) -> dict[int, str]:
+    """rpc_clnt id -> rpc_xprt id, from sunrpc's debugfs (CONFIG_SUNRPC_DEBUG).
+
+    A cloned client shares its parent's transport, so on the tracefs tier (no
+    cl_parent pointer) this identifies a mount's parent exactly. Empty when
+    debugfs is not mounted or not built."""
+    out: dict[int, str] = {}
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return out
+    for d in entries:
+        try:
+            out[int(d.name)] = os.readlink(d / "xprt").rstrip("/").rsplit("/", 1)[-1]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def client_chains(
-    mounts: list[NfsMount], clients: dict[int, ClientInfo]
+    mounts: list[NfsMount], clients: dict[int, ClientInfo], transports: dict[int, str] | None = None
 ) -> tuple[dict[str, list[int]], list[int]]:
     """For each mount, the rpc_clnt ids whose stats mountstats sums for it.
 
     With parent pointers (tier btf) this is the exact cl_parent chain. Without
     them (tier tracefs) an NFS client of the same version that no mount owns is
-    taken as the shared parent, but only when every mount of that version talks
-    to one server; otherwise it is left out and returned as unattributed."""
+    the parent of the mounts whose client shares its transport (debugfs), or,
+    without debugfs, of every mount of that version when they all talk to one
+    server; otherwise it is left out and returned as unattributed."""
     chains: dict[str, list[int]] = {}
     owned = {nm.clid for nm in mounts if nm.clid is not None}
     for nm in mounts:
@@ -171,6 +195,14 @@ def client_chains(
     orphans = [c for c in clients.values() if c.prog == "nfs" and not c.parent_known and c.clid not in owned]
     for c in orphans:
         same_vers = [nm for nm in mounts if nm.clid is not None and rpc_version(nm.mount) == c.vers]
+        xprt = transports.get(c.clid) if transports else None
+        if xprt is not None:
+            owners = [nm for nm in same_vers if transports and transports.get(nm.clid or -1) == xprt]
+            for nm in owners:
+                chains[nm.key].append(c.clid)
+            if not owners:
+                unattributed.append(c.clid)
+            continue
         servers = {nm.mount.server for nm in same_vers}
         if same_vers and len(servers) == 1:
             for nm in same_vers:

@@ -28,7 +28,7 @@ from typing import Any
 
 from bpfnfs.agent import Agent
 from bpfnfs.collect.snapshot import IoStats, RpcOpStats
-from bpfnfs.collect.views import MountReport, Report
+from bpfnfs.collect.views import Report
 from bpfnfs.config import Config
 from bpfnfs.enrich.mountstats import NfsMountStats, OpStats, parse_mountstats
 
@@ -36,6 +36,7 @@ MOUNTS = ("/mnt/nfs3", "/mnt/nfs4")
 EXACT_BTF = ("ops", "ntrans", "timeouts", "bytes_sent", "bytes_recv", "errors")
 EXACT_TRACEFS = ("ops", "errors")
 TIMES = (("queue_ms", "queue_ns"), ("rtt_ms", "rtt_ns"), ("execute_ms", "execute_ns"))
+ZERO_OP = OpStats(0, 0, 0, 0, 0, 0, 0, 0, 0)
 BYTES = (
     ("normalreadbytes", "read_bytes"),
     ("normalwritebytes", "write_bytes"),
@@ -192,23 +193,14 @@ def compare(
     for mp in MOUNTS:
         a, b = ms0[mp], ms1[mp]
         m1 = r1.get(mp)
-        m0 = r0.get(mp) or (
-            MountReport(mp, None, None, None, "", "", [])
-            if m1 is None
-            else MountReport(mp, m1.server, m1.export, m1.nfs_version, m1.fstype, m1.dev, m1.clients)
-        )
         if m1 is None:
             add(mp, "-", "mount seen by bpfnfs", 0, 1)
             continue
+        m0 = r0.get(mp) or m1.blank()
         d = m1 - m0
-        names = {k for k, s in b.ops.items() if s.ops - a.ops.get(k, OpStats(*([0] * 8), 0)).ops} | set(
-            d.moving_ops()
-        )
+        names = {k for k, s in b.ops.items() if s.ops - a.ops.get(k, ZERO_OP).ops} | set(d.moving_ops())
         for op in sorted(names):
-            kb, ka = b.ops.get(op), a.ops.get(op)
-            zero = OpStats(0, 0, 0, 0, 0, 0, 0, 0, 0)
-            kb = kb or zero
-            ka = ka or zero
+            kb, ka = b.ops.get(op, ZERO_OP), a.ops.get(op, ZERO_OP)
             ours = d.ops.get(op, RpcOpStats())
             for qty in exact:
                 kd = (getattr(kb, qty) or 0) - (getattr(ka, qty) or 0)

@@ -13,7 +13,7 @@ from bpfnfs.collect import records as R
 from bpfnfs.collect.snapshot import check_layouts, read_snapshot
 from bpfnfs.collect.views import Report, build_report
 from bpfnfs.config import Config
-from bpfnfs.enrich.mounts import MountRegistry
+from bpfnfs.enrich.mounts import MountRegistry, client_transports
 from bpfnfs.loader.libbpf import libbpf
 from bpfnfs.loader.object import BpfObject, LoadError, object_bytes
 from bpfnfs.probes import system, tiers
@@ -98,7 +98,9 @@ class Agent:
         assert self.obj is not None
         self.refresh_mounts()
         snap = read_snapshot(self.obj.maps)
-        return build_report(snap, self.mounts.nfs_list())
+        # Without parent pointers from the kernel (tier tracefs), debugfs gives the transports.
+        need_xprts = any(not c.parent_known for c in snap.clients.values())
+        return build_report(snap, self.mounts.nfs_list(), client_transports() if need_xprts else None)
 
     @property
     def tier(self) -> str | None:

@@ -7,8 +7,12 @@ slow reader never loses counts.
 
 from __future__ import annotations
 
+import operator
+import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from bpfnfs.collect import records as R
 from bpfnfs.collect.histogram import Log2Hist
@@ -70,27 +74,20 @@ class RpcOpStats:
         s.execute = Log2Hist(list(v[n + 2 * h : n + 3 * h]), s.execute_ns)
         return s
 
-    def _combine(self, other: RpcOpStats, sign: int) -> RpcOpStats:
-        out = RpcOpStats(*(getattr(self, k) + sign * getattr(other, k) for k in self.SCALARS))
-        if sign > 0:
-            out.queue, out.rtt, out.execute = (
-                self.queue + other.queue,
-                self.rtt + other.rtt,
-                self.execute + other.execute,
-            )
-        else:
-            out.queue, out.rtt, out.execute = (
-                self.queue - other.queue,
-                self.rtt - other.rtt,
-                self.execute - other.execute,
-            )
+    def _combine(self, other: RpcOpStats, op: Callable[[Any, Any], Any]) -> RpcOpStats:
+        out = RpcOpStats(*(op(getattr(self, k), getattr(other, k)) for k in self.SCALARS))
+        out.queue, out.rtt, out.execute = (
+            op(self.queue, other.queue),
+            op(self.rtt, other.rtt),
+            op(self.execute, other.execute),
+        )
         return out
 
     def __add__(self, other: RpcOpStats) -> RpcOpStats:
-        return self._combine(other, 1)
+        return self._combine(other, operator.add)
 
     def __sub__(self, other: RpcOpStats) -> RpcOpStats:
-        return self._combine(other, -1)
+        return self._combine(other, operator.sub)
 
 
 @dataclass
@@ -137,10 +134,7 @@ class Snapshot:
     counters: dict[str, int] = field(default_factory=dict)
 
 
-def _sum_percpu(m: Map, raw: bytes, st: object) -> tuple[int, ...]:
-    import struct as _struct
-
-    assert isinstance(st, _struct.Struct)
+def _sum_percpu(m: Map, raw: bytes, st: struct.Struct) -> tuple[int, ...]:
     total: list[int] | None = None
     for slot in m.percpu_slots(raw):
         vals = st.unpack(slot)

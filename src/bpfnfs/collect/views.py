@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpfnfs.collect.snapshot import IoStats, RpcOpStats, Snapshot
-from bpfnfs.enrich.mounts import NfsMount, client_chains, client_transports
+from bpfnfs.enrich.mounts import NfsMount, client_chains
 
 
 @dataclass
@@ -21,6 +21,12 @@ class MountReport:
     clients: list[int]
     io: IoStats = field(default_factory=IoStats)
     ops: dict[str, RpcOpStats] = field(default_factory=dict)
+
+    def blank(self) -> MountReport:
+        """The same mount with every counter at zero (what a new mount diffs against)."""
+        return MountReport(
+            self.mount_point, self.server, self.export, self.nfs_version, self.fstype, self.dev, self.clients
+        )
 
     def __sub__(self, prev: MountReport) -> MountReport:
         ops = {name: s - prev.ops.get(name, RpcOpStats()) for name, s in self.ops.items()}
@@ -47,10 +53,10 @@ class Report:
     unattributed_clients: list[int]
 
 
-def build_report(snap: Snapshot, mounts: list[NfsMount]) -> Report:
-    # Parent pointers come from the kernel on the btf tier; otherwise ask debugfs.
-    need_xprts = any(not c.parent_known for c in snap.clients.values())
-    chains, unattributed = client_chains(mounts, snap.clients, client_transports() if need_xprts else None)
+def build_report(snap: Snapshot, mounts: list[NfsMount], transports: dict[int, str] | None = None) -> Report:
+    """transports: rpc_clnt -> rpc_xprt ids (enrich.mounts.client_transports), needed only
+    where the kernel gave no parent pointers (tier tracefs)."""
+    chains, unattributed = client_chains(mounts, snap.clients, transports)
     by_clid: dict[int, dict[str, RpcOpStats]] = {}
     for (clid, _vers, proc), s in snap.rpc.items():
         per = by_clid.setdefault(clid, {})
@@ -88,7 +94,7 @@ def diff_report(cur: Report, prev: Report | None) -> list[MountReport]:
     for m in cur.mounts:
         p = before.get(m.mount_point)
         if p is None or p.dev != m.dev:
-            p = MountReport(m.mount_point, m.server, m.export, m.nfs_version, m.fstype, m.dev, m.clients)
+            p = m.blank()
         out.append(m - p)
     return out
 

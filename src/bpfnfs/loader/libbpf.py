@@ -22,7 +22,6 @@ from ctypes import (
     c_char_p,
     c_int,
     c_size_t,
-    c_uint,
     c_uint32,
     c_uint64,
     c_void_p,
@@ -195,7 +194,6 @@ __all__ = [
     "BpfObjectOpenOpts",
     "Libbpf",
     "LibbpfError",
-    "c_uint",
     "errno_message",
     "libbpf",
 ]

@@ -27,6 +27,7 @@ deps:
 
 bpf:
 	$(MAKE) -C src/bpfnfs/bpf
+	$(MAKE) -C src/bpfnfs/ringbuf
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,4 +53,5 @@ lab: setup
 
 clean:
 	$(MAKE) -C src/bpfnfs/bpf clean
+	$(MAKE) -C src/bpfnfs/ringbuf clean
 	rm -rf build $(VENV)

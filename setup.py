@@ -11,7 +11,8 @@ from setuptools.command.build_py import build_py
 class BuildWithBpf(build_py):
     def run(self) -> None:
         if not os.environ.get("BPF_SKIP_BUILD"):
-            subprocess.run(["make", "-C", os.path.join("src", "bpfnfs", "bpf")], check=True)
+            for part in ("bpf", "ringbuf"):
+                subprocess.run(["make", "-C", os.path.join("src", "bpfnfs", part)], check=True)
         super().run()
 
 

@@ -20,22 +20,8 @@ from pathlib import Path
 from typing import Any
 
 BPFNFS = [sys.executable, "-m", "bpfnfs"]
-OUR_PROGS = (
-    "btf_rpc_stats_l",
-    "fexit_nfs_file_",
-    "btf_nfs_readpag",
-    "btf_nfs_writeba",
-    "raw_rpc_stats_l",
-    "tp_rpc_stats_la",
-    "tp_rpc_task_end",
-    "tp_rpc_request",
-    "kp_nfs_file_rea",
-    "krp_nfs_file_re",
-    "kp_nfs_file_wri",
-    "krp_nfs_file_wr",
-    "tp_nfs_readpage",
-    "tp_nfs_writebac",
-)
+# Kernel program names are cut to 15 characters; these prefixes cover every bpfnfs program.
+OUR_PROGS = ("btf_", "fe_nfs", "fx_nfs", "kp_nfs", "krp_nfs", "raw_rpc", "tp_rpc", "tp_nfs")
 
 
 def log(msg: str) -> None:

@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+BY = ("mount", "op", "process", "cgroup", "file")
+SORT = ("ops", "bytes", "latency")
+COMM_MAX = 15  # TASK_COMM_LEN - 1: the kernel truncates longer names
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+|[A-Za-z0-9]([A-Za-z0-9_.-]{0,252}))$")
 
 
 class ConfigError(ValueError):
@@ -19,6 +25,15 @@ class Config:
     all_ops: bool = False  # table: show every op, not only the ones that moved
     slow_ms: float | None = None  # per-op records for RPCs at least this slow (ring buffer)
     proc: str = "/proc"  # where to read mountinfo (a host /proc in a container)
+    by: str = "mount"  # grouping of the table and JSON views
+    top: int = 20  # files per interval in the file view
+    sort: str = "ops"  # ops | bytes | latency
+    max_files: int = 131072  # per-file LRU size in the kernel
+    filter_pid: int | None = None
+    filter_comm: str | None = None
+    filter_cgroup: str | None = None  # path, absolute or below the cgroup2 root
+    filter_mount: str | None = None
+    filter_server: str | None = None
 
     def __post_init__(self) -> None:
         if not (0.05 <= self.interval <= 3600):
@@ -29,3 +44,24 @@ class Config:
             raise ConfigError(f"tier must be auto, btf or tracefs, got {self.tier!r}")
         if self.slow_ms is not None and self.slow_ms < 0:
             raise ConfigError(f"slow-ms must be >= 0, got {self.slow_ms}")
+        if self.by not in BY:
+            raise ConfigError(f"by must be one of {', '.join(BY)}, got {self.by!r}")
+        if self.sort not in SORT:
+            raise ConfigError(f"sort must be one of {', '.join(SORT)}, got {self.sort!r}")
+        if not (1 <= self.top <= 10000):
+            raise ConfigError(f"top must be between 1 and 10000, got {self.top}")
+        if not (1024 <= self.max_files <= 1 << 24):
+            raise ConfigError(f"max-files must be between 1024 and 16777216, got {self.max_files}")
+        if self.filter_pid is not None and not (1 <= self.filter_pid <= 4194304):
+            raise ConfigError(f"pid must be a process id between 1 and 4194304, got {self.filter_pid}")
+        if self.filter_comm is not None and not (1 <= len(self.filter_comm.encode()) <= COMM_MAX):
+            raise ConfigError(
+                f"comm must be 1 to {COMM_MAX} bytes (the kernel keeps only {COMM_MAX}), "
+                f"got {self.filter_comm!r}"
+            )
+        if self.filter_cgroup is not None and not self.filter_cgroup:
+            raise ConfigError("cgroup must be a cgroup v2 path, got an empty string")
+        if self.filter_mount is not None and not self.filter_mount.startswith("/"):
+            raise ConfigError(f"mount must be an absolute mount point path, got {self.filter_mount!r}")
+        if self.filter_server is not None and not _HOST.match(self.filter_server):
+            raise ConfigError(f"server must be a host name or IP address, got {self.filter_server!r}")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfnfs.probes.tiers import BTF_PROGRAMS, TRACEFS_PROGRAMS, TierError, plan
+from bpfnfs.probes.tiers import BTF_PROGRAMS, TRACEFS_PROGRAMS, VFS_FUNCTIONS, TierError, plan, vfs_function
 
 COMMON = """\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
 \tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
@@ -20,7 +20,9 @@ def _event(root: Path, system: str, name: str, fields: list[tuple[str, str, int,
     d.joinpath("format").write_text(f'name: {name}\nID: 1\nformat:\n{COMMON}\n{body}\nprint fmt: "x"\n')
 
 
-def fake_tracefs(root: Path, xprt_id: bool = False, status: str = "status", rtt_size: int = 8) -> Path:
+def fake_tracefs(
+    root: Path, xprt_id: bool = False, status: str = "status", rtt_size: int = 8, nfsv4: bool = True
+) -> Path:
     o = 12 if xprt_id else 8
     sl = [
         ("unsigned int", "task_id", o, 4),
@@ -77,6 +79,31 @@ def fake_tracefs(root: Path, xprt_id: bool = False, status: str = "status", rtt_
                 ("int", status, 40, 4),
             ],
         )
+    # Both tiers: read ownership, COMMITs and server statuses (5.10 and 6.1 share these layouts).
+    loc = [
+        ("dev_t", "dev", 8, 4),
+        ("u32", "fhandle", 12, 4),
+        ("u64", "fileid", 16, 8),
+        ("loff_t", "offset", 24, 8),
+    ]
+    _event(root, "nfs", "nfs_initiate_read", [*loc, ("u32", "count", 32, 4)])
+    _event(root, "nfs", "nfs_commit_done", [*loc, ("int", status, 32, 4)])
+    xdr = [("unsigned int", "task_id", 8, 4), ("unsigned int", "client_id", 12, 4), ("u32", "xid", 16, 4)]
+    _event(
+        root,
+        "nfs",
+        "nfs_xdr_status",
+        [
+            *xdr,
+            ("int", "version", 20, 4),
+            ("unsigned long", "error", 24, 8),
+            ("__data_loc char[]", "program", 32, 4),
+            ("__data_loc char[]", "procedure", 36, 4),
+        ],
+    )
+    if nfsv4:
+        x4 = [*xdr, ("u32", "op", 20, 4), ("unsigned long", "error", 24, 8)]
+        _event(root, "nfs4", "nfs4_xdr_status", x4)
     return root
 
 
@@ -117,3 +144,26 @@ def test_missing_event_is_named(tmp_path: Path) -> None:
     (tmp_path / "events").mkdir()
     with pytest.raises(TierError, match=r"sunrpc.*does not exist"):
         plan("auto", True, tmp_path)
+
+
+def test_nfsv4_programs_wait_for_their_module(tmp_path: Path) -> None:
+    p = plan("auto", True, fake_tracefs(tmp_path, nfsv4=False), frozenset({"sunrpc", "nfs"}))
+    assert "fe_nfs_file_open" in p.programs
+    assert set(p.deferred) == {"nfsv4"}
+    assert {"fe_nfs4_file_open", "fx_nfs4_file_flush", "tp_nfs4_xdr_status"} <= set(p.deferred["nfsv4"])
+    assert not set(p.deferred["nfsv4"]) & set(p.programs)
+    assert "x4_op" not in p.offsets
+
+
+def test_every_vfs_function_has_both_halves_in_each_tier() -> None:
+    for fn, _mod, _n in VFS_FUNCTIONS:
+        assert {f"fe_{fn}", f"fx_{fn}"} <= set(BTF_PROGRAMS)
+        assert {f"kp_{fn}", f"krp_{fn}"} <= set(TRACEFS_PROGRAMS)
+        assert vfs_function(f"fx_{fn}") == (fn, _mod, _n)
+
+
+def test_nfs4_xdr_offsets_when_loaded(tmp_path: Path) -> None:
+    p = plan("tracefs", False, fake_tracefs(tmp_path))
+    assert (p.offsets["x4_op"], p.offsets["x4_error"], p.offsets["xs_procedure"]) == (20, 24, 36)
+    assert p.offsets["rd_fileid"] == 16 and p.offsets["ir_offset"] == 24 and p.offsets["cd_fileid"] == 16
+    assert not p.deferred

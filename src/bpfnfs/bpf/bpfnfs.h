@@ -73,6 +73,119 @@ struct probe_val {
 	char proc[BPFNFS_PROC_LEN];
 };
 
+/* Syscall-side (VFS) operations on NFS files, hooked at the NFS client's
+ * file/inode operations (fentry/fexit, or kprobe/kretprobe). */
+enum vfs_op {
+	VFS_READ = 0,
+	VFS_WRITE,
+	VFS_OPEN,                     /* nfs_file_open (v2/v3), nfs4_file_open (v4) */
+	VFS_FLUSH,                    /* close(): nfs_file_flush, nfs4_file_flush */
+	VFS_FSYNC,
+	VFS_GETATTR,                  /* stat() and friends */
+	VFS_SETATTR,                  /* chmod, truncate, utimes */
+	VFS_LOOKUP,                   /* per directory: name lookups that missed the dcache */
+	VFS_READDIR,                  /* one getdents() call */
+	VFS_PERMISSION,               /* access checks (path walk, open) */
+	VFS_PAGE_MKWRITE,             /* first write fault on a shared mmap page */
+	VFS_OP_MAX,
+};
+
+/* Per (mount, op, cgroup, comm[, pid]): calls, errors, bytes, latency. The pid
+ * is 0 unless user space asked for per-process keys (CFG_F_VFS_PID). */
+struct vfs_key {
+	__u32 dev;
+	__u32 op;
+	__u32 pid;
+	__u32 _pad;
+	__u64 cgroup_id;
+	char comm[BPFNFS_COMM_LEN];
+};
+
+struct vfs_val {
+	__u64 calls;
+	__u64 errors;
+	__u64 bytes;
+	__u64 latency_ns;
+	__u64 hist[BPFNFS_HIST_SLOTS];
+};
+
+/* Per file: (dev, fileid) in an LRU map. fileid is the full 64-bit NFS fileid. */
+struct file_key {
+	__u32 dev;
+	__u32 _pad;
+	__u64 fileid;
+};
+
+#define FILE_F_NAMED 1u               /* a path record went out on the ring buffer */
+#define FILE_F_MIXED 2u               /* dirtied by more than one cgroup since the last COMMIT/fsync */
+struct file_val {
+	__u64 reads;
+	__u64 writes;
+	__u64 read_bytes;
+	__u64 write_bytes;
+	__u64 other_ops;              /* open, flush, fsync, getattr, setattr, lookup, readdir, mkwrite */
+	__u64 errors;
+	__u64 latency_ns;             /* sum over all syscall-side ops */
+	__u64 wire_read_bytes;        /* READ RPC payload (nfs_readpage_done res.count) */
+	__u64 wire_write_bytes;       /* WRITE RPC payload (nfs_writeback_done res.count) */
+	/* who dirtied the pages last: async writeback is billed to them */
+	__u64 dirtier_cgroup;
+	__u32 dirtier_pid;
+	__u32 flags;
+	char dirtier_comm[BPFNFS_COMM_LEN];
+};
+
+/* Wire I/O billed to the process that caused it: READs to the task that issued
+ * them (nfs_initiate_read runs in the reader, readahead included), WRITEs and
+ * COMMITs to the file's last dirtier (the flusher thread issues them). */
+struct owner_key {
+	__u32 dev;
+	__u32 pid;
+	__u64 cgroup_id;
+	char comm[BPFNFS_COMM_LEN];
+};
+
+struct owner_val {
+	__u64 read_rpcs;
+	__u64 read_bytes;
+	__u64 write_rpcs;
+	__u64 write_bytes;
+	__u64 commit_rpcs;
+	__u64 ambiguous_write_bytes;  /* written for a file with several dirtiers (FILE_F_MIXED) */
+};
+
+/* Identity of a reader, from nfs_initiate_read to nfs_readpage_done. */
+struct read_tag {
+	__u32 dev;
+	__u32 _pad;
+	__u64 fileid;
+	__s64 offset;
+};
+
+struct task_ident {
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 _pad;
+	char comm[BPFNFS_COMM_LEN];
+};
+
+/* Errors by errno. kind says where the error was seen and what id means. */
+enum err_kind {
+	ERR_RPC = 1,                  /* RPC task status at completion; id = clid, op = procedure */
+	ERR_XDR = 2,                  /* nfs_xdr_status: server's NFSv2/v3 status; id = clid */
+	ERR_XDR4 = 3,                 /* nfs4_xdr_status: per NFSv4 operation; id = clid, opnum */
+	ERR_VFS = 4,                  /* syscall side; id = dev, opnum = enum vfs_op */
+};
+
+struct err_key {
+	__u32 id;
+	__u16 kind;
+	__u16 vers;
+	__s32 err;                    /* positive errno, or NFS4ERR_* for statuses without one */
+	__u32 opnum;
+	char op[BPFNFS_PROC_LEN];
+};
+
 /* Self-accounting counters (per-CPU array index). */
 enum bpfnfs_counter {
 	CNT_RINGBUF_DROPS = 0,        /* ring buffer full: per-op record lost */
@@ -81,6 +194,14 @@ enum bpfnfs_counter {
 	CNT_CLNT_MAP_FULL,
 	CNT_PAIR_MISS,                /* tracefs tier: raw_tp/tracepoint halves did not pair */
 	CNT_RPC_EVENTS,               /* rpc_stats_latency firings seen */
+	CNT_VFS_MAP_FULL,             /* vfs_stats full: syscall-side sample lost */
+	CNT_VFS_START_FULL,           /* too many ops in flight to time one */
+	CNT_FILE_INSERTS,             /* files added to the LRU (evictions = inserts - live - deleted) */
+	CNT_OWNER_MAP_FULL,
+	CNT_ERR_MAP_FULL,
+	CNT_UNATTRIBUTED_WRITES,      /* WRITE/COMMIT for a file no longer (or never) in the LRU */
+	CNT_UNATTRIBUTED_READS,       /* READ completion without its initiate */
+	CNT_FILTERED,                 /* syscall-side ops skipped by --pid/--comm/--cgroup */
 	CNT_MAX,
 };
 
@@ -88,8 +209,7 @@ enum bpfnfs_counter {
  * Fixed size so user space drains a batch with one iter_unpack. */
 enum op_kind {
 	OP_RPC = 1,
-	OP_VFS_READ = 2,
-	OP_VFS_WRITE = 3,
+	OP_VFS = 2,                   /* vers holds the enum vfs_op, dev/fileid the file */
 };
 
 struct op_event {
@@ -113,6 +233,22 @@ struct op_event {
 	char proc[BPFNFS_PROC_LEN];
 };
 
+/* Path of a file the first time it is seen, so user space can name the
+ * (dev, fileid) keys: components leaf first, each NUL-terminated, up to the
+ * superblock root. Records on the ring buffer are either op_event or this. */
+#define BPFNFS_PATH_LEN 480
+#define PATH_F_TRUNCATED 1u
+struct path_event {
+	__u64 kind;                   /* OP_PATH, at the offset of op_event's ts_ns */
+	__u64 fileid;
+	__u32 dev;
+	__u32 flags;
+	__u32 len;                    /* bytes used in path */
+	__u32 depth;
+	char path[BPFNFS_PATH_LEN];
+};
+#define OP_PATH 0xffffffffffffffffULL
+
 /* Read-only configuration, written by the loader before load. It is the only
  * variable in .rodata, so the loader can set it as the map's whole value. */
 struct tp_offsets {
@@ -126,6 +262,12 @@ struct tp_offsets {
 	__u16 te_task_id, te_client_id, te_status;
 	/* nfs:nfs_readpage_done / nfs:nfs_writeback_done */
 	__u16 rd_dev, rd_res_count, wb_dev, wb_res_count;
+	__u16 rd_fileid, rd_offset, wb_fileid, _pad0;
+	/* nfs:nfs_initiate_read, nfs:nfs_commit_done (both tiers) */
+	__u16 ir_dev, ir_fileid, ir_offset, cd_dev, cd_fileid;
+	/* nfs:nfs_xdr_status, nfs4:nfs4_xdr_status (both tiers) */
+	__u16 xs_client_id, xs_version, xs_error, xs_procedure;
+	__u16 x4_client_id, x4_op, x4_error;
 	__u16 _pad[4];
 };
 
@@ -134,10 +276,16 @@ struct bpfnfs_config {
 	__u32 flags;
 	__u64 slow_ns;                /* emit an op_event when latency >= slow_ns */
 	__u32 o_direct;               /* O_DIRECT of this architecture */
-	__u32 _pad;
+	__u32 filter_tgid;            /* CFG_F_FILTER_PID: only this process */
+	char filter_comm[BPFNFS_COMM_LEN]; /* CFG_F_FILTER_COMM */
 	struct tp_offsets off;
 };
 
 #define CFG_F_EVENTS 1u           /* per-op records on the ring buffer */
+#define CFG_F_VFS_PID 2u          /* key syscall-side stats by pid too */
+#define CFG_F_FILTER_PID 4u
+#define CFG_F_FILTER_COMM 8u
+#define CFG_F_IDMAP_ARGS 32u     /* kprobes on 5.12+: getattr/setattr/permission take idmap first */
+#define CFG_F_FILTER_CGROUP 16u    /* ids in the cgroup_filter map (the cgroup and below) */
 
 #endif /* __BPFNFS_H */

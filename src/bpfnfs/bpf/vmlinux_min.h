@@ -53,6 +53,10 @@ enum bpf_map_type {
 };
 
 enum {
+	BPF_F_NO_PREALLOC = 1,
+};
+
+enum {
 	BPF_ANY = 0,
 	BPF_NOEXIST = 1,
 	BPF_EXIST = 2,
@@ -101,14 +105,38 @@ struct super_block {
 	void *s_fs_info;
 };
 
+/* i_ino is NFS's 64-bit fileid on 64-bit architectures (nfs_fileid_to_ino_t). */
 struct inode {
 	struct super_block *i_sb;
 	unsigned long i_ino;
 };
 
+struct qstr {
+	const unsigned char *name;
+};
+
+struct dentry {
+	struct dentry *d_parent;
+	struct qstr d_name;
+	struct inode *d_inode;
+};
+
+struct path {
+	struct dentry *dentry;
+};
+
 struct file {
+	struct path f_path;
 	struct inode *f_inode;
 	unsigned int f_flags;
+};
+
+struct vm_area_struct {
+	struct file *vm_file;
+};
+
+struct vm_fault {
+	struct vm_area_struct *vma;
 };
 
 struct kiocb {
@@ -167,8 +195,13 @@ struct nfs_pgio_res {
 	u32 count;
 };
 
+struct nfs_pgio_args {
+	loff_t offset;
+};
+
 struct nfs_pgio_header {
 	struct inode *inode;
+	struct nfs_pgio_args args;
 	struct nfs_pgio_res res;
 };
 

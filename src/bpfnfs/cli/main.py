@@ -12,16 +12,34 @@ from types import FrameType
 
 from bpfnfs import __version__
 from bpfnfs.agent import Agent, stderr_log
-from bpfnfs.cli.table import format_mount
+from bpfnfs.cli.table import format_errors, format_files, format_identities, format_mount, format_vfs_ops
 from bpfnfs.collect.snapshot import LayoutError
-from bpfnfs.collect.views import Report, diff_report, mount_dict
-from bpfnfs.config import Config, ConfigError
+from bpfnfs.collect.views import (
+    MountReport,
+    Report,
+    diff_report,
+    file_rows,
+    identity_rows,
+    mount_dict,
+    vfs_dict,
+)
+from bpfnfs.config import BY, SORT, Config, ConfigError
 from bpfnfs.loader.libbpf import LibbpfError
 from bpfnfs.loader.object import LoadError
 from bpfnfs.probes.system import RequirementError
 from bpfnfs.probes.tiers import TierError
 
 EXIT_USAGE = 2
+# Self-accounting counters that mean something was lost: shown under the table when non-zero.
+LOSS_COUNTERS = (
+    "ringbuf_drops",
+    "rpc_map_full",
+    "io_map_full",
+    "vfs_map_full",
+    "vfs_start_full",
+    "owner_map_full",
+    "err_map_full",
+)
 
 
 class _Terminate(Exception):
@@ -86,6 +104,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="procfs to read mountinfo from (a host /proc mounted in a container)",
     )
+    v = p.add_argument_group("views")
+    v.add_argument(
+        "--by",
+        choices=BY,
+        default="mount",
+        help="group by mount (RPC ops, default), op (syscall-side ops), process, cgroup or file",
+    )
+    v.add_argument("--top", type=_positive_int, default=20, metavar="N", help="files per mount in --by file")
+    v.add_argument("--sort", choices=SORT, default="ops", help="order of --by file (default: ops)")
+    v.add_argument(
+        "--max-files",
+        type=_positive_int,
+        default=131072,
+        metavar="N",
+        help="files the kernel tracks at once (LRU; evictions are counted; default 131072)",
+    )
+    f = p.add_argument_group("filters (syscall side and attribution in the kernel; mounts in user space)")
+    f.add_argument("--pid", type=_positive_int, default=None, help="only this process")
+    f.add_argument("--comm", default=None, help="only processes with this command name (up to 15 bytes)")
+    f.add_argument(
+        "--cgroup", default=None, metavar="PATH", help="only this cgroup v2 and below it (path)"
+    )
+    f.add_argument("--mount", default=None, metavar="PATH", help="only this mount point")
+    f.add_argument("--server", default=None, metavar="HOST", help="only mounts of this NFS server")
     return p
 
 
@@ -95,11 +137,55 @@ def parse_config(argv: list[str]) -> Config:
     ns = build_parser().parse_args(argv)
     try:
         return Config(
-            interval=ns.interval, count=ns.count, json=ns.json, tier=ns.tier, all_ops=ns.all_ops, proc=ns.proc
+            interval=ns.interval,
+            count=ns.count,
+            json=ns.json,
+            tier=ns.tier,
+            all_ops=ns.all_ops,
+            proc=ns.proc,
+            by=ns.by,
+            top=ns.top,
+            sort=ns.sort,
+            max_files=ns.max_files,
+            filter_pid=ns.pid,
+            filter_comm=ns.comm,
+            filter_cgroup=ns.cgroup,
+            filter_mount=ns.mount.rstrip("/") or "/" if ns.mount else None,
+            filter_server=ns.server,
         )
     except ConfigError as e:
         build_parser().error(str(e))
         raise  # unreachable: error() exits
+
+
+def _selected(cfg: Config, mounts: list[MountReport]) -> list[MountReport]:
+    """--mount / --server."""
+    out = mounts
+    if cfg.filter_mount:
+        out = [m for m in out if m.mount_point == cfg.filter_mount]
+    if cfg.filter_server:
+        out = [m for m in out if m.server in (cfg.filter_server, f"[{cfg.filter_server}]")]
+    return out
+
+
+def _self_counters(agent: Agent, rep: Report) -> dict[str, object]:
+    c: dict[str, object] = dict(rep.snapshot.counters)
+    c["mountinfo_parse_errors"] = agent.mounts.parse_errors
+    c["files_tracked"] = len(rep.snapshot.files)
+    c["files_capacity"] = rep.snapshot.files_capacity
+    c["probes_not_attached"] = rep.probe_failures
+    return c
+
+
+def _grouped(cfg: Config, agent: Agent, rep: Report, d: MountReport) -> dict[str, object]:
+    """The --by view of one mount's interval, for JSON."""
+    if cfg.by == "op":
+        return {"vfs_ops": vfs_dict(d)}
+    if cfg.by in ("process", "cgroup"):
+        return {"rows": identity_rows(d, cfg.by, agent.cgroups.path)}
+    if cfg.by == "file":
+        return {"files": file_rows(d, rep.paths, cfg.top, cfg.sort)}
+    return {}
 
 
 def _emit(cfg: Config, agent: Agent, rep: Report, prev: Report | None) -> None:
@@ -107,32 +193,59 @@ def _emit(cfg: Config, agent: Agent, rep: Report, prev: Report | None) -> None:
         rep.snapshot.taken - prev.snapshot.taken if prev else rep.snapshot.taken - (agent.attached_at or 0)
     )
     seconds = max(seconds, 1e-6)
-    deltas = diff_report(rep, prev)
+    pairs = list(zip(diff_report(rep, prev), rep.mounts, strict=True))
+    keep = {id(m) for m in _selected(cfg, [t for _d, t in pairs])}
+    pairs = [(d, t) for d, t in pairs if id(t) in keep]
     now = datetime.now(UTC)
     if cfg.json:
         doc = {
             "timestamp": now.isoformat(timespec="milliseconds"),
             "interval_seconds": round(seconds, 6),
             "tier": agent.tier,
+            "by": cfg.by,
             "mounts": [
-                {**mount_dict(d), "interval": mount_dict(d, seconds)["ops"], "totals": mount_dict(t)}
-                for d, t in zip(deltas, rep.mounts, strict=True)
+                {
+                    **mount_dict(d),
+                    "interval": mount_dict(d, seconds)["ops"],
+                    **_grouped(cfg, agent, rep, d),
+                    "totals": mount_dict(t),
+                }
+                for d, t in pairs
             ],
             "unattributed_clients": rep.unattributed_clients,
-            "self": rep.snapshot.counters | {"mountinfo_parse_errors": agent.mounts.parse_errors},
+            "self": _self_counters(agent, rep),
         }
         print(json.dumps(doc, separators=(",", ":")), flush=True)
         return
     stamp = now.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    out = [f"bpfnfs {stamp}  interval {seconds:.2f} s  tier {agent.tier}"]
-    if not deltas:
-        out.append("   no NFS mounts")
-    for d in deltas:
+    out = [f"bpfnfs {stamp}  interval {seconds:.2f} s  tier {agent.tier}  by {cfg.by}"]
+    if not pairs:
+        filtered = cfg.filter_mount or cfg.filter_server
+        out.append("   no NFS mounts" + (" match the filters" if filtered else ""))
+    for d, _t in pairs:
         out.append("")
-        out.extend(format_mount(d, seconds, agent.tier, cfg.all_ops))
-    lost = rep.snapshot.counters.get("rpc_map_full", 0) + rep.snapshot.counters.get("io_map_full", 0)
-    if lost:
-        out.append(f"\nwarning: {lost} samples lost to full maps")
+        if cfg.by == "mount":
+            out.extend(format_mount(d, seconds, agent.tier, cfg.all_ops))
+            out.extend(format_errors(d))
+            continue
+        out.append(
+            f"{d.server or '?'}:{d.export or '?'} mounted on {d.mount_point} (nfs v{d.nfs_version or '?'}):"
+        )
+        if cfg.by == "op":
+            out.extend(format_vfs_ops(d, seconds))
+        elif cfg.by in ("process", "cgroup"):
+            title = "process [pid]" if cfg.by == "process" else "cgroup"
+            out.extend(format_identities(identity_rows(d, cfg.by, agent.cgroups.path), seconds, title))
+        else:
+            out.extend(format_files(file_rows(d, rep.paths, cfg.top, cfg.sort), seconds))
+    c = rep.snapshot.counters
+    notes = [f"{k} {c[k]}" for k in LOSS_COUNTERS if c.get(k)]
+    if c.get("file_evictions"):
+        notes.append(f"file LRU evictions {c['file_evictions']} (--max-files {rep.snapshot.files_capacity})")
+    if rep.probe_failures:
+        notes.append(f"{len(rep.probe_failures)} probes not attached")
+    if notes:
+        out.append("\nself: " + ", ".join(notes))
     print("\n".join(out) + "\n", flush=True)
 
 
@@ -159,7 +272,7 @@ def run(cfg: Config) -> int:
             reports += 1
     except (KeyboardInterrupt, _Terminate):
         pass
-    except (RequirementError, LibbpfError, LoadError, TierError, LayoutError) as e:
+    except (RequirementError, LibbpfError, LoadError, TierError, LayoutError, ConfigError) as e:
         stderr_log(f"error: {e}")
         return EXIT_USAGE
     except BrokenPipeError:

@@ -56,3 +56,74 @@ def format_mount(m: MountReport, seconds: float, tier: str | None, all_ops: bool
             f"{_pct(s.errors, s.ops):>14}"
         )
     return lines
+
+
+# ---- syscall-side views (--by op|process|cgroup|file) ------------------------------------------
+
+
+def _avg_ms(ns: int, n: int) -> str:
+    return f"{ns / n / 1e6:.3f}" if n else "-"
+
+
+def format_vfs_ops(m: MountReport, seconds: float) -> list[str]:
+    ops = {k: v for k, v in m.vfs_by_op().items() if v.calls}
+    if not ops:
+        return ["   no syscall-side ops in this interval"]
+    errs = m.errors_by_op()
+    lines = [f"   {'vfs op':<14}{'calls/s':>10}{'kB/s':>11}{'avg ms':>10}{'p99 ms':>10}  errors"]
+    for op, v in sorted(ops.items(), key=lambda kv: -kv[1].calls):
+        q = v.latency.quantile(0.99)
+        p99 = f"{q * 1000:.3f}" if q is not None else "-"
+        e = errs.get(("vfs", op), {})
+        etxt = " ".join(f"{k}:{n}" for k, n in sorted(e.items())) or "0"
+        lines.append(
+            f"   {op:<14}{v.calls / seconds:10.2f}{v.bytes / 1024 / seconds:11.1f}"
+            f"{_avg_ms(v.latency_ns, v.calls):>10}{p99:>10}  {etxt}"
+        )
+    return lines
+
+
+def format_errors(m: MountReport) -> list[str]:
+    errs = m.errors_by_op()
+    if not errs:
+        return []
+    parts = [
+        f"{layer}/{op} " + ",".join(f"{k}:{n}" for k, n in sorted(e.items()))
+        for (layer, op), e in sorted(errs.items())
+    ]
+    return ["   errors: " + "; ".join(parts)]
+
+
+def format_identities(rows: list[dict[str, object]], seconds: float, key_title: str) -> list[str]:
+    if not rows:
+        return ["   no activity in this interval"]
+    kb = 1024.0 * seconds
+    lines = [
+        f"   {key_title:<34}{'ops/s':>9}{'read kB/s':>11}{'write kB/s':>11}{'avg ms':>9}{'errors':>8}"
+        f"{'wire rd kB/s':>13}{'wire wr kB/s':>13}"
+    ]
+    for r in rows:
+        lines.append(
+            f"   {str(r['name'])[:34]:<34}{int(r['calls']) / seconds:9.1f}{int(r['read_bytes']) / kb:11.1f}"
+            f"{int(r['write_bytes']) / kb:11.1f}{_avg_ms(int(r['latency_ns']), int(r['calls'])):>9}"
+            f"{int(r['errors']):>8}{int(r['wire_read_bytes']) / kb:13.1f}"
+            f"{int(r['wire_write_bytes']) / kb:13.1f}"
+        )
+    return lines
+
+
+def format_files(rows: list[dict[str, object]], seconds: float) -> list[str]:
+    if not rows:
+        return ["   no file activity in this interval"]
+    kb = 1024.0 * seconds
+    lines = [f"   {'file':<44}{'ops/s':>9}{'read kB/s':>11}{'write kB/s':>11}{'avg ms':>9}{'errors':>8}"]
+    for r in rows:
+        name = str(r["path"] or f"fileid {r['fileid']}")
+        if len(name) > 44:
+            name = "…" + name[-43:]
+        lines.append(
+            f"   {name:<44}{int(r['ops']) / seconds:9.1f}{int(r['read_bytes']) / kb:11.1f}"
+            f"{int(r['write_bytes']) / kb:11.1f}{_avg_ms(int(r['latency_ns']), int(r['ops'])):>9}"
+            f"{int(r['errors']):>8}"
+        )
+    return lines

@@ -9,6 +9,7 @@ PROG_LEN = 16
 PROC_LEN = 24
 HIST_SLOTS = 32
 COMM_LEN = 16
+PATH_LEN = 480
 
 RPC_KEY = struct.Struct(f"<II{PROC_LEN}s")
 RPC_VAL_SCALARS = 9
@@ -33,10 +34,69 @@ PROBE_VAL = struct.Struct(f"<II{PROC_LEN}s")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
 
-# enum bpfnfs_counter, in order.
-COUNTERS = ("ringbuf_drops", "rpc_map_full", "io_map_full", "clnt_map_full", "pair_miss", "rpc_events")
+# enum vfs_op, in order: the names the kernel side puts in events and errors.
+VFS_OPS = (
+    "read",
+    "write",
+    "open",
+    "flush",
+    "fsync",
+    "getattr",
+    "setattr",
+    "lookup",
+    "readdir",
+    "permission",
+    "page_mkwrite",
+)
+VFS_KEY = struct.Struct(f"<IIIIQ{COMM_LEN}s")  # dev, op, pid, pad, cgroup_id, comm
+VFS_VAL_SCALARS = 4  # calls, errors, bytes, latency_ns
+VFS_VAL = struct.Struct(f"<{VFS_VAL_SCALARS + HIST_SLOTS}Q")
+FILE_KEY = struct.Struct("<IIQ")  # dev, pad, fileid
+FILE_VAL_COUNTERS = (
+    "reads",
+    "writes",
+    "read_bytes",
+    "write_bytes",
+    "other_ops",
+    "errors",
+    "latency_ns",
+    "wire_read_bytes",
+    "wire_write_bytes",
+)
+FILE_VAL = struct.Struct(f"<{len(FILE_VAL_COUNTERS)}QQII{COMM_LEN}s")
+FILE_F_NAMED, FILE_F_MIXED = 1, 2
+OWNER_KEY = struct.Struct(f"<IIQ{COMM_LEN}s")  # dev, pid, cgroup_id, comm
+OWNER_VAL_FIELDS = (
+    "read_rpcs",
+    "read_bytes",
+    "write_rpcs",
+    "write_bytes",
+    "commit_rpcs",
+    "ambiguous_write_bytes",
+)
+OWNER_VAL = struct.Struct(f"<{len(OWNER_VAL_FIELDS)}Q")
+ERR_KEY = struct.Struct(f"<IHHiI{PROC_LEN}s")  # id, kind, vers, err, opnum, op
+ERR_RPC, ERR_XDR, ERR_XDR4, ERR_VFS = 1, 2, 3, 4
 
-# struct tp_offsets field order (24 u16, the last 4 padding).
+# enum bpfnfs_counter, in order.
+COUNTERS = (
+    "ringbuf_drops",
+    "rpc_map_full",
+    "io_map_full",
+    "clnt_map_full",
+    "pair_miss",
+    "rpc_events",
+    "vfs_map_full",
+    "vfs_start_full",
+    "file_inserts",
+    "owner_map_full",
+    "err_map_full",
+    "unattributed_writes",
+    "unattributed_reads",
+    "filtered",
+)
+
+# struct tp_offsets field order (40 u16; names starting with _ are padding).
 TP_OFFSET_FIELDS = (
     "sl_task_id",
     "sl_client_id",
@@ -58,13 +118,37 @@ TP_OFFSET_FIELDS = (
     "rd_res_count",
     "wb_dev",
     "wb_res_count",
+    "rd_fileid",
+    "rd_offset",
+    "wb_fileid",
+    "_pad0",
+    "ir_dev",
+    "ir_fileid",
+    "ir_offset",
+    "cd_dev",
+    "cd_fileid",
+    "xs_client_id",
+    "xs_version",
+    "xs_error",
+    "xs_procedure",
+    "x4_client_id",
+    "x4_op",
+    "x4_error",
 )
-CONFIG = struct.Struct(f"<IIQII{len(TP_OFFSET_FIELDS) + 4}H")
+TP_OFFSETS_LEN = 40
+CONFIG = struct.Struct(f"<IIQII{COMM_LEN}s{TP_OFFSETS_LEN}H")
 CFG_F_EVENTS = 1
+CFG_F_VFS_PID = 2
+CFG_F_FILTER_PID = 4
+CFG_F_FILTER_COMM = 8
+CFG_F_FILTER_CGROUP = 16
+CFG_F_IDMAP_ARGS = 32
 
-# struct op_event
+# Ring buffer records: struct op_event and struct path_event.
 OP_EVENT = struct.Struct(f"<7Q6IiHH{COMM_LEN}s{PROC_LEN}s")
-OP_RPC, OP_VFS_READ, OP_VFS_WRITE = 1, 2, 3
+OP_RPC, OP_VFS = 1, 2
+PATH_EVENT = struct.Struct(f"<QQIIII{PATH_LEN}s")  # kind, fileid, dev, flags, len, depth, path
+PATH_F_TRUNCATED = 1
 
 # Map name -> (key struct size, value struct size) for the start-up layout check.
 LAYOUTS: dict[str, tuple[int, int]] = {
@@ -73,13 +157,27 @@ LAYOUTS: dict[str, tuple[int, int]] = {
     "io_stats": (DEV_KEY.size, IO_VAL.size),
     "mount_probe": (U32.size, PROBE_VAL.size),
     "counters": (U32.size, U64.size),
+    "vfs_stats": (VFS_KEY.size, VFS_VAL.size),
+    "files": (FILE_KEY.size, FILE_VAL.size),
+    "owners": (OWNER_KEY.size, OWNER_VAL.size),
+    "errors": (ERR_KEY.size, U64.size),
+    "cgroup_filter": (U64.size, 1),
 }
 
 
 def cstr(b: bytes) -> str:
-    return b.split(b"\0", 1)[0].decode("ascii", "replace")
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def pack_config(agent_tgid: int, flags: int, slow_ns: int, o_direct: int, offsets: dict[str, int]) -> bytes:
-    offs = [offsets.get(name, 0) for name in TP_OFFSET_FIELDS] + [0, 0, 0, 0]
-    return CONFIG.pack(agent_tgid, flags, slow_ns, o_direct, 0, *offs)
+def pack_config(
+    agent_tgid: int,
+    flags: int,
+    slow_ns: int,
+    o_direct: int,
+    offsets: dict[str, int],
+    filter_tgid: int = 0,
+    filter_comm: str = "",
+) -> bytes:
+    offs = [offsets.get(name, 0) for name in TP_OFFSET_FIELDS]
+    offs += [0] * (TP_OFFSETS_LEN - len(offs))
+    return CONFIG.pack(agent_tgid, flags, slow_ns, o_direct, filter_tgid, filter_comm.encode(), *offs)

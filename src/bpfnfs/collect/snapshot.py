@@ -113,6 +113,111 @@ class IoStats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+@dataclass
+class VfsStats:
+    """Syscall-side op figures (cumulative; latency in ns)."""
+
+    calls: int = 0
+    errors: int = 0
+    bytes: int = 0
+    latency_ns: int = 0
+    latency: Log2Hist = field(default_factory=Log2Hist)
+
+    def __add__(self, o: VfsStats) -> VfsStats:
+        return VfsStats(
+            self.calls + o.calls,
+            self.errors + o.errors,
+            self.bytes + o.bytes,
+            self.latency_ns + o.latency_ns,
+            self.latency + o.latency,
+        )
+
+    def __sub__(self, o: VfsStats) -> VfsStats:
+        return VfsStats(
+            self.calls - o.calls,
+            self.errors - o.errors,
+            self.bytes - o.bytes,
+            self.latency_ns - o.latency_ns,
+            self.latency - o.latency,
+        )
+
+
+@dataclass(frozen=True)
+class VfsKey:
+    dev: int
+    op: str
+    pid: int  # 0 unless per-process keys were asked for
+    cgroup_id: int
+    comm: str
+
+
+@dataclass
+class FileStats:
+    reads: int = 0
+    writes: int = 0
+    read_bytes: int = 0
+    write_bytes: int = 0
+    other_ops: int = 0
+    errors: int = 0
+    latency_ns: int = 0
+    wire_read_bytes: int = 0
+    wire_write_bytes: int = 0
+
+    @property
+    def ops(self) -> int:
+        return self.reads + self.writes + self.other_ops
+
+    @property
+    def bytes(self) -> int:
+        return self.read_bytes + self.write_bytes
+
+    def __sub__(self, o: FileStats) -> FileStats:
+        return FileStats(*(getattr(self, f.name) - getattr(o, f.name) for f in fields(self)))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class OwnerKey:
+    dev: int
+    pid: int
+    cgroup_id: int
+    comm: str
+
+
+@dataclass
+class OwnerStats:
+    read_rpcs: int = 0
+    read_bytes: int = 0
+    write_rpcs: int = 0
+    write_bytes: int = 0
+    commit_rpcs: int = 0
+    ambiguous_write_bytes: int = 0
+
+    def __add__(self, o: OwnerStats) -> OwnerStats:
+        return OwnerStats(*(getattr(self, f.name) + getattr(o, f.name) for f in fields(self)))
+
+    def __sub__(self, o: OwnerStats) -> OwnerStats:
+        return OwnerStats(*(getattr(self, f.name) - getattr(o, f.name) for f in fields(self)))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ErrKey:
+    kind: int  # records.ERR_*
+    id: int  # clid (RPC, XDR, XDR4) or dev (VFS)
+    vers: int
+    op: str  # procedure or VFS op name (empty for XDR4)
+    opnum: int  # NFSv4 operation number (XDR4), enum vfs_op (VFS)
+    err: int  # positive errno, or an NFS4ERR_* value
+
+
+FileKey = tuple[int, int]  # (dev, fileid)
+
+
 @dataclass(frozen=True)
 class ClientInfo:
     clid: int
@@ -132,6 +237,12 @@ class Snapshot:
     clients: dict[int, ClientInfo] = field(default_factory=dict)
     io: dict[int, IoStats] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    vfs: dict[VfsKey, VfsStats] = field(default_factory=dict)
+    files: dict[FileKey, FileStats] = field(default_factory=dict)
+    dirtiers: dict[FileKey, tuple[int, int, str]] = field(default_factory=dict)  # cgroup, pid, comm
+    owners: dict[OwnerKey, OwnerStats] = field(default_factory=dict)
+    errors: dict[ErrKey, int] = field(default_factory=dict)
+    files_capacity: int = 0
 
 
 def _sum_percpu(m: Map, raw: bytes, st: struct.Struct) -> tuple[int, ...]:
@@ -156,6 +267,34 @@ def read_snapshot(maps: dict[str, Map]) -> Snapshot:
     for k, v in io_map.items():
         (dev,) = R.DEV_KEY.unpack(k)
         snap.io[dev] = IoStats(*_sum_percpu(io_map, v, R.IO_VAL))
+    vfs_map = maps["vfs_stats"]
+    for k, v in vfs_map.items():
+        dev, op, pid, _pad, cg, comm = R.VFS_KEY.unpack(k)
+        raw = _sum_percpu(vfs_map, v, R.VFS_VAL)
+        n = R.VFS_VAL_SCALARS
+        name = R.VFS_OPS[op] if op < len(R.VFS_OPS) else f"op{op}"
+        snap.vfs[VfsKey(dev, name, pid, cg, R.cstr(comm))] = VfsStats(
+            *raw[:n], latency=Log2Hist(list(raw[n:]), raw[3])
+        )
+    fmap = maps["files"]
+    snap.files_capacity = fmap.max_entries
+    nc = len(R.FILE_VAL_COUNTERS)
+    for raw_k, raw_v, _n, _vs in fmap.batches(4096):
+        for (dev, _p, fileid), val in zip(
+            R.FILE_KEY.iter_unpack(raw_k), R.FILE_VAL.iter_unpack(raw_v), strict=True
+        ):
+            snap.files[(dev, fileid)] = FileStats(*val[:nc])
+            if val[nc]:
+                snap.dirtiers[(dev, fileid)] = (val[nc], val[nc + 1], R.cstr(val[nc + 3]))
+    omap = maps["owners"]
+    for k, v in omap.items():
+        dev, pid, cg, comm = R.OWNER_KEY.unpack(k)
+        snap.owners[OwnerKey(dev, pid, cg, R.cstr(comm))] = OwnerStats(*_sum_percpu(omap, v, R.OWNER_VAL))
+    emap = maps["errors"]
+    for k, v in emap.items():
+        eid, kind, vers, err, opnum, op = R.ERR_KEY.unpack(k)
+        ek = ErrKey(kind, eid, vers, R.cstr(op), opnum, err)
+        snap.errors[ek] = snap.errors.get(ek, 0) + sum(R.U64.unpack(x)[0] for x in emap.percpu_slots(v))
     cnt = maps["counters"]
     for k, v in cnt.items():
         (idx,) = R.U32.unpack(k)

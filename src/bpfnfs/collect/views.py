@@ -3,11 +3,23 @@ the way /proc/self/mountstats presents them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bpfnfs.collect.snapshot import IoStats, RpcOpStats, Snapshot
+from bpfnfs.collect import records as R
+from bpfnfs.collect.errnames import errno_name, nfs4_op_name
+from bpfnfs.collect.snapshot import FileStats, IoStats, OwnerStats, RpcOpStats, Snapshot, VfsStats
 from bpfnfs.enrich.mounts import NfsMount, client_chains
+
+VfsRow = tuple[str, int, int, str]  # (op, pid, cgroup_id, comm)
+OwnerRow = tuple[int, int, str]  # (pid, cgroup_id, comm)
+ErrRow = tuple[str, str, str]  # (layer: rpc|server|vfs, op, errno name)
+LAYERS = {R.ERR_RPC: "rpc", R.ERR_XDR: "server", R.ERR_XDR4: "server", R.ERR_VFS: "vfs"}
+
+
+def _sub_dict(cur: dict[Any, Any], prev: dict[Any, Any], zero: Any) -> dict[Any, Any]:
+    return {k: v - prev.get(k, zero) for k, v in cur.items()}
 
 
 @dataclass
@@ -21,15 +33,28 @@ class MountReport:
     clients: list[int]
     io: IoStats = field(default_factory=IoStats)
     ops: dict[str, RpcOpStats] = field(default_factory=dict)
+    vfs: dict[VfsRow, VfsStats] = field(default_factory=dict)
+    owners: dict[OwnerRow, OwnerStats] = field(default_factory=dict)
+    errors: dict[ErrRow, int] = field(default_factory=dict)
+    files: dict[int, FileStats] = field(default_factory=dict)  # by fileid
+    root: str = "/"  # the mount's root inside the superblock (mountinfo field 4)
+    kdev: int = 0  # kernel dev_t (major << 20 | minor), the key of per-file data
 
     def blank(self) -> MountReport:
         """The same mount with every counter at zero (what a new mount diffs against)."""
         return MountReport(
-            self.mount_point, self.server, self.export, self.nfs_version, self.fstype, self.dev, self.clients
+            self.mount_point,
+            self.server,
+            self.export,
+            self.nfs_version,
+            self.fstype,
+            self.dev,
+            self.clients,
+            root=self.root,
+            kdev=self.kdev,
         )
 
     def __sub__(self, prev: MountReport) -> MountReport:
-        ops = {name: s - prev.ops.get(name, RpcOpStats()) for name, s in self.ops.items()}
         return MountReport(
             self.mount_point,
             self.server,
@@ -39,8 +64,38 @@ class MountReport:
             self.dev,
             self.clients,
             self.io - prev.io,
-            ops,
+            _sub_dict(self.ops, prev.ops, RpcOpStats()),
+            _sub_dict(self.vfs, prev.vfs, VfsStats()),
+            _sub_dict(self.owners, prev.owners, OwnerStats()),
+            {k: v - prev.errors.get(k, 0) for k, v in self.errors.items()},
+            _sub_dict(self.files, prev.files, FileStats()),
+            self.root,
+            self.kdev,
         )
+
+    def vfs_by_op(self) -> dict[str, VfsStats]:
+        out: dict[str, VfsStats] = {}
+        for (op, _pid, _cg, _comm), v in self.vfs.items():
+            out[op] = out[op] + v if op in out else v
+        return out
+
+    def errors_by_op(self) -> dict[tuple[str, str], dict[str, int]]:
+        """(layer, op) -> {errno name: count}, only what moved."""
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for (layer, op, name), n in self.errors.items():
+            if n:
+                out.setdefault((layer, op), {})[name] = n
+        return out
+
+    def path_of(self, sb_path: str | None) -> tuple[str | None, str | None]:
+        """(path relative to the mount point, absolute path) of a superblock-relative path."""
+        if sb_path is None:
+            return None, None
+        root = self.root.rstrip("/")
+        if root and not (sb_path == root or sb_path.startswith(root + "/")):
+            return None, None  # outside this mount's subtree (another mount of the superblock)
+        rel = sb_path[len(root) :] or "/"
+        return rel, (self.mount_point.rstrip("/") + rel if rel != "/" else self.mount_point)
 
     def moving_ops(self) -> dict[str, RpcOpStats]:
         return {k: v for k, v in self.ops.items() if v.ops}
@@ -51,12 +106,46 @@ class Report:
     snapshot: Snapshot
     mounts: list[MountReport]
     unattributed_clients: list[int]
+    paths: dict[tuple[int, int], tuple[str, bool]] = field(default_factory=dict)
+    probe_failures: dict[str, str] = field(default_factory=dict)
 
 
-def build_report(snap: Snapshot, mounts: list[NfsMount], transports: dict[int, str] | None = None) -> Report:
+def build_report(
+    snap: Snapshot,
+    mounts: list[NfsMount],
+    transports: dict[int, str] | None = None,
+    paths: dict[tuple[int, int], tuple[str, bool]] | None = None,
+    probe_failures: dict[str, str] | None = None,
+) -> Report:
     """transports: rpc_clnt -> rpc_xprt ids (enrich.mounts.client_transports), needed only
     where the kernel gave no parent pointers (tier tracefs)."""
     chains, unattributed = client_chains(mounts, snap.clients, transports)
+    devs = {nm.mount.dev for nm in mounts}
+    vfs: dict[int, dict[VfsRow, VfsStats]] = {}
+    for k, v in snap.vfs.items():
+        if k.dev in devs:
+            vfs.setdefault(k.dev, {})[(k.op, k.pid, k.cgroup_id, k.comm)] = v
+    owners: dict[int, dict[OwnerRow, OwnerStats]] = {}
+    for ok, ov in snap.owners.items():
+        if ok.dev in devs:
+            owners.setdefault(ok.dev, {})[(ok.pid, ok.cgroup_id, ok.comm)] = ov
+    files: dict[int, dict[int, FileStats]] = {}
+    for (dev, fileid), fv in snap.files.items():
+        if dev in devs:
+            files.setdefault(dev, {})[fileid] = fv
+    errs_clid: dict[int, dict[ErrRow, int]] = {}
+    errs_dev: dict[int, dict[ErrRow, int]] = {}
+    for ek, n in snap.errors.items():
+        if ek.kind == R.ERR_XDR4:
+            op = nfs4_op_name(ek.opnum)
+        elif ek.kind == R.ERR_VFS:
+            op = R.VFS_OPS[ek.opnum] if ek.opnum < len(R.VFS_OPS) else f"op{ek.opnum}"
+        else:
+            op = ek.op
+        row = (LAYERS.get(ek.kind, "?"), op, errno_name(ek.err))
+        target = errs_dev if ek.kind == R.ERR_VFS else errs_clid
+        d = target.setdefault(ek.id, {})
+        d[row] = d.get(row, 0) + n
     by_clid: dict[int, dict[str, RpcOpStats]] = {}
     for (clid, _vers, proc), s in snap.rpc.items():
         per = by_clid.setdefault(clid, {})
@@ -66,9 +155,12 @@ def build_report(snap: Snapshot, mounts: list[NfsMount], transports: dict[int, s
         m = nm.mount
         chain = chains.get(nm.key, [])
         ops: dict[str, RpcOpStats] = {}
+        errors: dict[ErrRow, int] = dict(errs_dev.get(m.dev, {}))
         for clid in chain:
             for proc, s in by_clid.get(clid, {}).items():
                 ops[proc] = ops[proc] + s if proc in ops else s
+            for row, n in errs_clid.get(clid, {}).items():
+                errors[row] = errors.get(row, 0) + n
         out.append(
             MountReport(
                 m.mount_point,
@@ -80,9 +172,15 @@ def build_report(snap: Snapshot, mounts: list[NfsMount], transports: dict[int, s
                 chain,
                 snap.io.get(m.dev, IoStats()),
                 ops,
+                vfs.get(m.dev, {}),
+                owners.get(m.dev, {}),
+                errors,
+                files.get(m.dev, {}),
+                m.root or "/",
+                m.dev,
             )
         )
-    return Report(snap, out, unattributed)
+    return Report(snap, out, unattributed, dict(paths or {}), dict(probe_failures or {}))
 
 
 def diff_report(cur: Report, prev: Report | None) -> list[MountReport]:
@@ -120,4 +218,110 @@ def mount_dict(m: MountReport, seconds: float | None = None) -> dict[str, Any]:
         "rpc_clients": m.clients,
         "io": m.io.as_dict(),
         "ops": {name: op_dict(s, seconds) for name, s in sorted(m.ops.items()) if s.ops},
+        "errors": [
+            {"layer": layer, "op": op, "errno": name, "count": n}
+            for (layer, op, name), n in sorted(m.errors.items())
+            if n
+        ],
+    }
+
+
+def identity_rows(m: MountReport, by: str, cgroup_path: Callable[[int], str | None]) -> list[dict[str, Any]]:
+    """Syscall-side ops and billed wire bytes per process (comm, pid) or per cgroup."""
+    rows: dict[Any, dict[str, Any]] = {}
+
+    def row(pid: int, cg: int, comm: str) -> dict[str, Any]:
+        key: Any = (comm, pid) if by == "process" else cg
+        r = rows.get(key)
+        if r is None:
+            if by == "process":
+                name = f"{comm} [{pid}]" if pid else (comm or "(unattributed)")
+                r = {"name": name, "comm": comm, "pid": pid or None}
+            else:
+                path = cgroup_path(cg) if cg else None
+                name = path or ("(unattributed)" if not cg else f"cgroup {cg} (removed)")
+                r = {"name": name, "cgroup_id": cg, "cgroup": path}
+            r.update(dict.fromkeys(IDENTITY_COUNTERS, 0))
+            rows[key] = r
+        return r
+
+    for (op, pid, cg, comm), v in m.vfs.items():
+        if not v.calls:
+            continue
+        r = row(pid, cg, comm)
+        r["calls"] += v.calls
+        r["errors"] += v.errors
+        r["latency_ns"] += v.latency_ns
+        if op == "read":
+            r["read_bytes"] += v.bytes
+        elif op == "write":
+            r["write_bytes"] += v.bytes
+    for (pid, cg, comm), o in m.owners.items():
+        if not (o.read_rpcs or o.write_rpcs or o.commit_rpcs):
+            continue
+        r = row(pid, cg, comm)
+        r["wire_read_bytes"] += o.read_bytes
+        r["wire_write_bytes"] += o.write_bytes
+        r["read_rpcs"] += o.read_rpcs
+        r["write_rpcs"] += o.write_rpcs
+        r["commit_rpcs"] += o.commit_rpcs
+        r["ambiguous_write_bytes"] += o.ambiguous_write_bytes
+    return sorted(rows.values(), key=lambda r: (-r["calls"], -r["wire_write_bytes"], str(r["name"])))
+
+
+IDENTITY_COUNTERS = (
+    "calls",
+    "errors",
+    "latency_ns",
+    "read_bytes",
+    "write_bytes",
+    "wire_read_bytes",
+    "wire_write_bytes",
+    "read_rpcs",
+    "write_rpcs",
+    "commit_rpcs",
+    "ambiguous_write_bytes",
+)
+
+
+def file_rows(
+    m: MountReport, paths: dict[tuple[int, int], tuple[str, bool]], top: int, sort: str
+) -> list[dict[str, Any]]:
+    """The top files of a mount by ops, bytes or latency (only files that moved)."""
+    moved = [
+        (fid, f)
+        for fid, f in m.files.items()
+        if f.ops or f.wire_read_bytes or f.wire_write_bytes
+    ]
+    keyf: Callable[[tuple[int, FileStats]], Any] = {
+        "ops": lambda t: (t[1].ops, t[1].bytes),
+        "bytes": lambda t: (t[1].bytes + t[1].wire_read_bytes + t[1].wire_write_bytes, t[1].ops),
+        "latency": lambda t: (t[1].latency_ns, t[1].ops),
+    }[sort]
+    out = []
+    for fid, f in sorted(moved, key=keyf, reverse=True)[:top]:
+        sb_path, truncated = paths.get((m.kdev, fid), (None, False))
+        rel, absolute = m.path_of(sb_path)
+        d: dict[str, Any] = {"fileid": fid, "path": absolute, "relative_path": rel}
+        d["path_truncated"] = truncated
+        d.update(f.as_dict())
+        d["ops"] = f.ops
+        out.append(d)
+    return out
+
+
+def vfs_dict(m: MountReport) -> dict[str, Any]:
+    """Syscall-side ops of a mount, with errno counts, for JSON."""
+    errs = m.errors_by_op()
+    return {
+        op: {
+            "calls": v.calls,
+            "errors": v.errors,
+            "bytes": v.bytes,
+            "latency_ns": v.latency_ns,
+            "latency_hist_us_log2": v.latency.counts,
+            "errno": errs.get(("vfs", op), {}),
+        }
+        for op, v in sorted(m.vfs_by_op().items())
+        if v.calls
     }

@@ -48,6 +48,12 @@ class Map:
             max_entries=L.bpf_map__max_entries(ptr),
         )
 
+    def reuse_fd(self, fd: int) -> None:
+        """Before load: use an existing map (another instance's) instead of creating one."""
+        ret = self.lib.lib.bpf_map__reuse_fd(self.ptr, fd)
+        if ret:
+            raise LibbpfError(f"{self.name}: cannot reuse map fd {fd}: {errno_message(ret)}")
+
     def refresh_fd(self, lib: Libbpf) -> None:
         self.fd = lib.lib.bpf_map__fd(self.ptr)
 
@@ -66,7 +72,15 @@ class Map:
         return _round8(self.value_size) * ncpus if self.percpu else self.value_size
 
     def items(self, batch: int = 256) -> Iterator[tuple[bytes, bytes]]:
-        """All (key, value) pairs. Per-CPU values come back as ncpus concatenated slots.
+        """All (key, value) pairs. Per-CPU values come back as ncpus concatenated slots."""
+        ks = self.key_size
+        for raw_k, raw_v, n, vsize in self.batches(batch):
+            for i in range(n):
+                yield raw_k[i * ks : (i + 1) * ks], raw_v[i * vsize : (i + 1) * vsize]
+
+    def batches(self, batch: int = 256) -> Iterator[tuple[bytes, bytes, int, int]]:
+        """The map in chunks: (keys, values, count, value stride), for bulk decoding
+        with struct.iter_unpack.
 
         Uses BPF_MAP_LOOKUP_BATCH (one syscall per `batch` keys, kernel >= 5.6) and
         falls back to get_next_key + lookup where batching is unsupported (arrays on
@@ -95,16 +109,13 @@ class Map:
             err = -ret if ret < 0 else 0
             if ret and err not in (errno.ENOENT,):
                 if first and err in (errno.EINVAL, errno.ENOTSUP, 524):  # 524: ENOTSUPP
-                    yield from self._items_slow(vsize)
+                    for k, v in self._items_slow(vsize):
+                        yield k, v, 1, vsize
                     return
                 raise LibbpfError(f"{self.name}: batch lookup failed: {errno_message(ret)}")
             n = count.value
-            raw_k, raw_v = keys.raw, vals.raw
-            for i in range(n):
-                yield (
-                    raw_k[i * self.key_size : (i + 1) * self.key_size],
-                    raw_v[i * vsize : (i + 1) * vsize],
-                )
+            if n:
+                yield ctypes.string_at(keys, n * self.key_size), ctypes.string_at(vals, n * vsize), n, vsize
             if err == errno.ENOENT:
                 return
             ctypes.memmove(in_batch, out_batch, len(out_batch))

@@ -73,10 +73,16 @@ class Modules:
     nfs: bool
     sunrpc_btf: bool
     nfs_btf: bool
+    nfsv4: bool = False
 
     @property
     def ready(self) -> bool:
         return self.sunrpc and self.nfs
+
+    @property
+    def loaded(self) -> frozenset[str]:
+        have = (("sunrpc", self.sunrpc), ("nfs", self.nfs), ("nfsv4", self.nfsv4))
+        return frozenset(n for n, ok in have if ok)
 
     @property
     def have_module_btf(self) -> bool:
@@ -97,6 +103,7 @@ def modules(tracefs: Path, btf_dir: Path = BTF_DIR) -> Modules:
         nfs=(ev / "nfs" / "nfs_readpage_done").is_dir(),
         sunrpc_btf=_module_btf("sunrpc", btf_dir),
         nfs_btf=_module_btf("nfs", btf_dir),
+        nfsv4=(ev / "nfs4" / "nfs4_xdr_status").is_dir(),
     )
 
 

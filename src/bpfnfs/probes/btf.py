@@ -1,0 +1,44 @@
+"""Kernel BTF queries through libbpf: does a function exist in a module's BTF,
+and with how many arguments. fentry/fexit targets are resolved when the object
+loads, so one missing or re-shaped function would fail the whole load; the
+agent checks each target first and leaves the ones that do not fit unloaded."""
+
+from __future__ import annotations
+
+import ctypes
+
+from bpfnfs.loader.libbpf import Libbpf, libbpf
+
+BTF_KIND_FUNC = 12
+
+
+class _BtfType(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("type", ctypes.c_uint32)]
+
+
+def function_arity(module: str, names: list[str], lib: Libbpf | None = None) -> dict[str, int | None]:
+    """name -> argument count in `module`'s BTF (None: absent, or no BTF at all)."""
+    L = (lib or libbpf()).lib
+    out: dict[str, int | None] = dict.fromkeys(names)
+    vmlinux = L.btf__load_vmlinux_btf()
+    if not vmlinux:
+        return out
+    try:
+        mod = L.btf__load_module_btf(module.encode(), vmlinux) if module != "vmlinux" else None
+        btf = mod or (vmlinux if module == "vmlinux" else None)
+        if not btf:
+            return out
+        try:
+            for name in names:
+                tid = L.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC)
+                if tid <= 0:
+                    continue
+                fn = _BtfType.from_address(L.btf__type_by_id(btf, tid))
+                proto = _BtfType.from_address(L.btf__type_by_id(btf, fn.type))
+                out[name] = proto.info & 0xFFFF
+        finally:
+            if mod:
+                L.btf__free(mod)
+    finally:
+        L.btf__free(vmlinux)
+    return out

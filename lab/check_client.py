@@ -28,6 +28,7 @@ Writes DIR/client.json: {"checks": [{"check", "ok", "detail"}], ...}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -38,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from bpfnfs.agent import Agent
-from bpfnfs.collect import records as R
 from bpfnfs.collect.views import MountReport, Report, diff_report, file_rows, identity_rows
 from bpfnfs.config import Config
 from bpfnfs.enrich.mountstats import parse_mountstats
@@ -142,7 +142,7 @@ def attribution(agent: Agent, c: Checks) -> None:
         for p in procs.values():
             p.wait(timeout=60)
         time.sleep(1.0)  # COMMITs and late completions
-        rep, d = interval(agent, prev)
+        _rep, d = interval(agent, prev)
         m = d[mp]
         ms1 = mountstats_bytes(mp)
         rows = {r["pid"]: r for r in identity_rows(m, "process", agent.cgroups.path)}
@@ -161,10 +161,16 @@ def attribution(agent: Agent, c: Checks) -> None:
             c.eq(f"{mp} {cg}: READ bytes billed to the cgroup", cr.get("wire_read_bytes"), n["read_bytes"])
             c.eq(f"{mp} {cg}: cgroup path", cr.get("cgroup"), f"/{cg}")
         billed = sum(o.write_bytes for o in m.owners.values())
-        c.eq(f"{mp}: billed WRITE bytes == mountstats serverwritebytes delta", billed,
-             ms1["serverwritebytes"] - ms0["serverwritebytes"])
-        c.eq(f"{mp}: billed READ bytes == mountstats serverreadbytes delta",
-             sum(o.read_bytes for o in m.owners.values()), ms1["serverreadbytes"] - ms0["serverreadbytes"])
+        c.eq(
+            f"{mp}: billed WRITE bytes == mountstats serverwritebytes delta",
+            billed,
+            ms1["serverwritebytes"] - ms0["serverwritebytes"],
+        )
+        c.eq(
+            f"{mp}: billed READ bytes == mountstats serverreadbytes delta",
+            sum(o.read_bytes for o in m.owners.values()),
+            ms1["serverreadbytes"] - ms0["serverreadbytes"],
+        )
 
 
 def top_files(agent: Agent, c: Checks) -> None:
@@ -197,17 +203,23 @@ def errors(agent: Agent, c: Checks) -> None:
     assert prev is not None
     for mp in MOUNTS:
         for i in range(3):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.stat(f"{mp}/no-such-file-{i}")
-            except FileNotFoundError:
-                pass
         secret = Path(mp) / "secret"
         secret.write_text("x")
         secret.chmod(0o600)
         r = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-             f"open({str(secret)!r}).read()"],
-            capture_output=True, text=True,
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                f"open({str(secret)!r}).read()",
+            ],
+            capture_output=True,
+            text=True,
         )
         c.add(f"{mp}: open as nobody fails with EACCES", "PermissionError" in r.stderr, r.stderr[-200:])
     # ESTALE: NFSv3 has no open state on the server, so removing the file there frees it.
@@ -223,14 +235,19 @@ def errors(agent: Agent, c: Checks) -> None:
         stale_seen = e.errno == 116
     os.close(fd)
     c.add("/mnt/nfs3: read of a file removed on the server fails with ESTALE", stale_seen)
-    rep, d = interval(agent, prev)
+    _rep, d = interval(agent, prev)
     for mp in MOUNTS:
         errs = d[mp].errors_by_op()
         flat = {(layer, op, name) for (layer, op), e in errs.items() for name in e}
         log(f"{mp} errors this interval: {sorted(flat)}")
-        c.add(f"{mp}: LOOKUP ENOENT counted at the RPC layer", ("rpc", "LOOKUP", "ENOENT") in flat, sorted(flat))
-        c.add(f"{mp}: LOOKUP ENOENT reported by the server (xdr status)",
-              ("server", "LOOKUP", "ENOENT") in flat, sorted(flat))
+        c.add(
+            f"{mp}: LOOKUP ENOENT counted at the RPC layer", ("rpc", "LOOKUP", "ENOENT") in flat, sorted(flat)
+        )
+        c.add(
+            f"{mp}: LOOKUP ENOENT reported by the server (xdr status)",
+            ("server", "LOOKUP", "ENOENT") in flat,
+            sorted(flat),
+        )
         eacces = sorted(x for x in flat if x[2] == "EACCES")
         c.add(f"{mp}: EACCES counted", bool(eacces), eacces)
         # Every RPC error counted by errno adds up to mountstats' per-op error count.
@@ -246,7 +263,15 @@ def timeouts(agent: Agent, c: Checks) -> None:
     mp = "/mnt/soft"
     os.makedirs(mp, exist_ok=True)
     subprocess.run(
-        ["mount", "-t", "nfs", "-o", "vers=3,nolock,soft,timeo=5,retrans=1,proto=tcp", "127.0.0.1:/srv/nfs", mp],
+        [
+            "mount",
+            "-t",
+            "nfs",
+            "-o",
+            "vers=3,nolock,soft,timeo=5,retrans=1,proto=tcp",
+            "127.0.0.1:/srv/nfs",
+            mp,
+        ],
         check=True,
     )
     prev = None
@@ -258,7 +283,9 @@ def timeouts(agent: Agent, c: Checks) -> None:
     assert prev is not None
     ms0 = parse_mountstats(Path("/proc/self/mountstats").read_text())[mp]
     subprocess.run(["modprobe", "sch_netem"], check=False)
-    r = subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "netem", "loss", "100%"], capture_output=True)
+    r = subprocess.run(
+        ["tc", "qdisc", "add", "dev", "lo", "root", "netem", "loss", "100%"], capture_output=True
+    )
     if r.returncode:
         c.add("netem on loopback (needed to stop the server answering)", False, r.stderr.decode()[-200:])
         return
@@ -275,7 +302,7 @@ def timeouts(agent: Agent, c: Checks) -> None:
     c.add("soft mount: stat fails while the server is silent", failed is not None, failed)
     time.sleep(2.0)
     ms1 = parse_mountstats(Path("/proc/self/mountstats").read_text())[mp]
-    rep, d = interval(agent, prev)
+    _rep, d = interval(agent, prev)
     m = d[mp]
     total_ms = sum(s.timeouts for s in ms1.ops.values()) - sum(s.timeouts for s in ms0.ops.values())
     ours = sum(s.timeouts for s in m.ops.values())
@@ -317,21 +344,35 @@ def lru(c: Checks, n: int, tier: str) -> None:
             files = {fid: f for (dv, fid), f in rep.snapshot.files.items() if dv == kdev}
             ino = {os.stat(f"/mnt/nfs3/many/{x}").st_ino for x in names[:50]}
             cnt = rep.snapshot.counters
-            log(f"agent({name}): read {len(rep.snapshot.files)} file entries in {time.monotonic() - t0:.2f} s, "
-                f"inserts {cnt['file_inserts']}, evictions {cnt['file_evictions']}")
+            log(
+                f"agent({name}): read {len(rep.snapshot.files)} file entries "
+                f"in {time.monotonic() - t0:.2f} s, "
+                f"inserts {cnt['file_inserts']}, evictions {cnt['file_evictions']}"
+            )
             if name == "big":
-                c.eq("lru(big): files tracked with exactly one getattr", sum(
-                    1 for f in files.values() if f.other_ops == 1 and f.reads == 0), n)
+                c.eq(
+                    "lru(big): files tracked with exactly one getattr",
+                    sum(1 for f in files.values() if f.other_ops == 1 and f.reads == 0),
+                    n,
+                )
                 c.eq("lru(big): evictions", cnt["file_evictions"], 0)
-                c.add("lru(big): fileids are the 64-bit inode numbers", ino <= set(files), len(ino - set(files)))
+                c.add(
+                    "lru(big): fileids are the 64-bit inode numbers", ino <= set(files), len(ino - set(files))
+                )
                 named = sum(1 for fid in files if rep.paths.get((kdev, fid), ("",))[0].startswith("/many/f"))
                 c.eq("lru(big): every file named", named, n)
             else:
                 live = len(rep.snapshot.files)
-                c.eq("lru(small): evictions == inserts - live", cnt["file_evictions"],
-                     cnt["file_inserts"] - live)
-                c.add("lru(small): evictions counted beyond the LRU size", cnt["file_evictions"] >= n - n // 2,
-                      {"evictions": cnt["file_evictions"], "capacity": n // 2})
+                c.eq(
+                    "lru(small): evictions == inserts - live",
+                    cnt["file_evictions"],
+                    cnt["file_inserts"] - live,
+                )
+                c.add(
+                    "lru(small): evictions counted beyond the LRU size",
+                    cnt["file_evictions"] >= n - n // 2,
+                    {"evictions": cnt["file_evictions"], "capacity": n // 2},
+                )
     finally:
         big.close()
         small.close()
@@ -344,8 +385,15 @@ def stale(agent: Agent, c: Checks) -> None:
     gone.write_bytes(b"g" * 100)
     gone.unlink()
     (CGROOT / "bpfnfs-tmp").mkdir(exist_ok=True)
-    subprocess.run(["sh", "-c", "echo $$ > /sys/fs/cgroup/bpfnfs-tmp/cgroup.procs; "
-                    "dd if=/dev/zero of=/mnt/nfs3/tmpcg.dat bs=64k count=4 conv=fsync status=none"], check=True)
+    subprocess.run(
+        [
+            "sh",
+            "-c",
+            "echo $$ > /sys/fs/cgroup/bpfnfs-tmp/cgroup.procs; "
+            "dd if=/dev/zero of=/mnt/nfs3/tmpcg.dat bs=64k count=4 conv=fsync status=none",
+        ],
+        check=True,
+    )
     (CGROOT / "bpfnfs-tmp").rmdir()
     subprocess.run(["umount", "/mnt/soft"], check=False)
     rep, d = interval(agent, prev)
@@ -353,13 +401,17 @@ def stale(agent: Agent, c: Checks) -> None:
     c.add("unmounted /mnt/soft is gone from the report", "/mnt/soft" not in d2, sorted(d2))
     soft_devs = {m.kdev for m in prev.mounts if m.mount_point == "/mnt/soft"}
     left = [k for k in rep2.snapshot.vfs if k.dev in soft_devs] + [
-        k for k in rep2.snapshot.files if k[0] in soft_devs]
+        k for k in rep2.snapshot.files if k[0] in soft_devs
+    ]
     c.eq("no kernel entries left for the unmounted superblock", len(left), 0)
     rows = identity_rows(d2["/mnt/nfs3"], "cgroup", agent.cgroups.path)
     c.eq("no rows in the next interval (deleted file, removed cgroup)", [r["name"] for r in rows], [])
     cg_rows = identity_rows(d["/mnt/nfs3"], "cgroup", agent.cgroups.path)
-    c.add("a removed cgroup is shown as removed, not dropped", any("removed" in str(r["name"]) for r in cg_rows),
-          [r["name"] for r in cg_rows])
+    c.add(
+        "a removed cgroup is shown as removed, not dropped",
+        any("removed" in str(r["name"]) for r in cg_rows),
+        [r["name"] for r in cg_rows],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from bpfnfs.config import Config, ConfigError
 from bpfnfs.enrich import cgroups
 from bpfnfs.enrich.mounts import MountRegistry, client_transports
 from bpfnfs.loader.libbpf import libbpf
-from bpfnfs.loader.object import BpfObject, LoadError, object_bytes
+from bpfnfs.loader.object import BpfObject, LoadError, kprobe_misses, object_bytes
 from bpfnfs.probes import btf, system, tiers
 from bpfnfs.ringbuf import RingBuffer
 
@@ -49,6 +50,10 @@ SHARED_MAPS = (
     "task_status",
 )
 MAX_EVENTS = 65536
+# Calls in flight per kretprobe (the kernel's limit is 4096). NFS calls sleep, so the
+# default (one per CPU on non-preemptible kernels) loses returns under any concurrency.
+KRETPROBE_MAXACTIVE = 1024
+DRAIN_PERIOD = 0.1  # seconds between ring buffer drains
 
 
 def stderr_log(msg: str) -> None:
@@ -85,6 +90,9 @@ class Agent:
         self._no_mounts_logged = False
         self._known_devs: set[int] = set()
         self._files_deleted = 0
+        self._ring_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._drainer: threading.Thread | None = None
 
     @property
     def obj(self) -> BpfObject | None:
@@ -173,7 +181,10 @@ class Agent:
             check_layouts(obj.maps)
             for name in programs:
                 try:
-                    obj.attach(name)
+                    if name.startswith("krp_") and self.tracefs is not None:
+                        obj.attach_kretprobe(name, name[4:], KRETPROBE_MAXACTIVE, self.tracefs)
+                    else:
+                        obj.attach(name)
                 except LoadError as e:
                     if name in CORE_PROGRAMS:
                         raise
@@ -206,6 +217,8 @@ class Agent:
         obj = self._load(progs, self.plan.offsets, self.plan.tier)
         self.objs.append(obj)
         self.ring = RingBuffer(libbpf(), obj.maps["events"].fd, (R.OP_EVENT.size, R.PATH_EVENT.size))
+        self._drainer = threading.Thread(target=self._drain_loop, name="bpfnfs-ring", daemon=True)
+        self._drainer.start()
         self.attached_at = time.monotonic()
         self.mounts.probe_map = obj.maps["mount_probe"]
         self._update_cgroup_filter()
@@ -259,20 +272,28 @@ class Agent:
         else:
             self._no_mounts_logged = False
 
+    def _drain_loop(self) -> None:
+        # Between collections too: a burst of new files (one path record each) must not
+        # outgrow the ring while the main loop sleeps through its interval.
+        while not self._stop.wait(DRAIN_PERIOD):
+            self.drain()
+
     def drain(self) -> None:
         """Empty the ring buffer: file paths into self.paths, per-op records into self.events."""
-        if self.ring is None:
-            return
-        got = self.ring.drain()
-        for kind, fileid, dev, flags, length, _depth, raw in R.PATH_EVENT.iter_unpack(got[R.PATH_EVENT.size]):
-            if kind != 0xFFFFFFFFFFFFFFFF:
-                continue
-            parts = [p.decode("utf-8", "replace") for p in raw[:length].split(b"\0") if p]
-            self.paths[(dev, fileid)] = ("/" + "/".join(reversed(parts)), bool(flags & R.PATH_F_TRUNCATED))
-        for ev in R.OP_EVENT.iter_unpack(got[R.OP_EVENT.size]):
-            if len(self.events) == self.events.maxlen:
-                self.events_overflow += 1
-            self.events.append(ev)
+        with self._ring_lock:
+            if self.ring is None:
+                return
+            got = self.ring.drain()
+            recs = R.PATH_EVENT.iter_unpack(got[R.PATH_EVENT.size])
+            for kind, fileid, dev, flags, length, _depth, raw in recs:
+                if kind != R.OP_PATH:
+                    continue
+                parts = [p.decode("utf-8", "replace") for p in raw[:length].split(b"\0") if p]
+                self.paths[(dev, fileid)] = ("/" + "/".join(reversed(parts)), bool(flags & R.PATH_F_TRUNCATED))
+            for ev in R.OP_EVENT.iter_unpack(got[R.OP_EVENT.size]):
+                if len(self.events) == self.events.maxlen:
+                    self.events_overflow += 1
+                self.events.append(ev)
 
     def _retire(self, live_devs: set[int]) -> None:
         """Kernel entries of unmounted superblocks go, so a later mount that reuses the
@@ -296,8 +317,9 @@ class Agent:
             eid, kind = R.ERR_KEY.unpack(k)[:2]
             if kind == R.ERR_VFS and eid in gone:
                 em.delete(k)
-        for fk in [fk for fk in self.paths if fk[0] in gone]:
-            del self.paths[fk]
+        with self._ring_lock:
+            for fk in [fk for fk in self.paths if fk[0] in gone]:
+                del self.paths[fk]
 
     def collect(self) -> Report | None:
         """Attach if needed, refresh mounts, drain the ring and read the kernel's aggregates."""
@@ -314,18 +336,22 @@ class Agent:
             0, snap.counters.get("file_inserts", 0) - len(snap.files) - self._files_deleted
         )
         snap.counters["ring_unknown_records"] = self.ring.unknown_records if self.ring else 0
+        if self.tracefs is not None and self.tier == "tracefs":
+            snap.counters["kretprobe_missed"] = kprobe_misses(self.tracefs)
         snap.counters["events_overflow"] = self.events_overflow
-        # Paths of files the LRU evicted are no longer needed.
-        if len(self.paths) > len(snap.files) + 1024:
-            for fk in [fk for fk in self.paths if fk not in snap.files]:
-                del self.paths[fk]
+        with self._ring_lock:
+            # Paths of files the LRU evicted are no longer needed.
+            if len(self.paths) > len(snap.files) + 1024:
+                for fk in [fk for fk in self.paths if fk not in snap.files]:
+                    del self.paths[fk]
+            paths = dict(self.paths)
         # Without parent pointers from the kernel (tier tracefs), debugfs gives the transports.
         need_xprts = any(not c.parent_known for c in snap.clients.values())
         return build_report(
             snap,
             self.mounts.nfs_list(),
             client_transports() if need_xprts else None,
-            paths=self.paths,
+            paths=paths,
             probe_failures=self.probe_failures,
         )
 
@@ -334,9 +360,13 @@ class Agent:
         return self.plan.tier if self.plan else None
 
     def close(self) -> None:
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
+        self._stop.set()
+        if self._drainer is not None:
+            self._drainer.join(2 * DRAIN_PERIOD)
+        with self._ring_lock:
+            if self.ring is not None:
+                self.ring.close()
+                self.ring = None
         while self.objs:
             self.objs.pop().close()
 

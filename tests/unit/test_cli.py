@@ -18,6 +18,17 @@ from bpfnfs.probes.system import RequirementError, check_privileges, check_vmlin
         ["--tier", "bogus"],
         ["--bogus"],
         ["run", "-c", "-1"],
+        ["--by", "pod"],
+        ["--pid", "0"],
+        ["--pid", "abc"],
+        ["--comm", "a-command-name-longer-than-15"],
+        ["--comm", ""],
+        ["--mount", "relative/path"],
+        ["--server", "bad host!"],
+        ["--top", "0"],
+        ["--sort", "name"],
+        ["--max-files", "10"],
+        ["--cgroup", ""],
     ],
 )
 def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,3 +63,17 @@ def test_privileges_message() -> None:
 def test_missing_btf_message(tmp_path: Path) -> None:
     with pytest.raises(RequirementError, match="CONFIG_DEBUG_INFO_BTF"):
         check_vmlinux_btf(tmp_path)
+
+
+def test_filters_parse() -> None:
+    cfg = parse_config(
+        ["--by", "cgroup", "--pid", "42", "--comm", "fio", "--mount", "/mnt/a/", "--server", "nas1"]
+    )
+    assert (cfg.by, cfg.filter_pid, cfg.filter_comm, cfg.filter_mount, cfg.filter_server) == (
+        "cgroup",
+        42,
+        "fio",
+        "/mnt/a",
+        "nas1",
+    )
+    assert parse_config(["--server", "fd00::1"]).filter_server == "fd00::1"

@@ -93,9 +93,13 @@ struct vfs_entry {
 	__u64 ts;
 	struct inode *inode;
 	struct dentry *dentry;        /* NULL where the hook has only an inode */
+	struct file *file;            /* atomic open: the file it may open */
 	__u32 direct;
 	__u32 _pad;
 };
+
+/* Start-map key of nfs_atomic_open, accounted as VFS_OPEN when it opened the file. */
+#define VFS_ATOMIC_OPEN (VFS_OP_MAX + 1)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -699,7 +703,8 @@ out:
 	return true;
 }
 
-static __always_inline void vfs_enter(__u32 op, struct inode *inode, struct dentry *dentry, __u32 direct)
+static __always_inline void vfs_enter2(__u32 op, struct inode *inode, struct dentry *dentry, __u32 direct,
+				       struct file *file)
 {
 	__u64 key = (bpf_get_current_pid_tgid() << 32) | op;
 	struct vfs_entry e = {};
@@ -709,9 +714,15 @@ static __always_inline void vfs_enter(__u32 op, struct inode *inode, struct dent
 	e.ts = bpf_ktime_get_ns();
 	e.inode = inode;
 	e.dentry = dentry;
+	e.file = file;
 	e.direct = direct;
 	if (bpf_map_update_elem(&vfs_start, &key, &e, BPF_ANY))
 		count(CNT_VFS_START_FULL);
+}
+
+static __always_inline void vfs_enter(__u32 op, struct inode *inode, struct dentry *dentry, __u32 direct)
+{
+	vfs_enter2(op, inode, dentry, direct, 0);
 }
 
 static __always_inline void vfs_enter_file(__u32 op, struct file *f)
@@ -808,7 +819,9 @@ static __always_inline void file_account(__u32 op, __u32 dev, __u64 fileid, stru
 	} else if (op == VFS_WRITE) {
 		__sync_fetch_and_add(&v->writes, 1);
 		if (bytes > 0) {
-			struct task_ident id;
+			/* Zeroed: bpf_get_current_comm leaves bytes after the NUL as they
+			 * were, and these bytes end up in map keys. */
+			struct task_ident id = {};
 
 			__sync_fetch_and_add(&v->write_bytes, bytes);
 			/* Dirtier of record for the flush that follows. A race between
@@ -880,6 +893,7 @@ static __always_inline void vfs_exit(__u32 op, __s64 ret)
 	struct vfs_val *v;
 	struct inode *inode;
 	struct dentry *dentry;
+	struct file *file;
 	__u64 lat, fileid;
 	__s32 status = 0;
 	__u32 dev, direct;
@@ -890,7 +904,23 @@ static __always_inline void vfs_exit(__u32 op, __s64 ret)
 	inode = e->inode;
 	dentry = e->dentry;
 	direct = e->direct;
+	file = e->file;
 	bpf_map_delete_elem(&vfs_start, &skey);
+
+	if (op == VFS_ATOMIC_OPEN) {
+		/* NFSv4 opens mostly happen here (OPEN carries the lookup), not in
+		 * nfs4_file_open. finish_no_open() leaves f_inode unset: then the
+		 * open proper follows through f_op->open and is counted there. */
+		op = VFS_OPEN;
+		if (ret == 0) {
+			inode = BPF_CORE_READ(file, f_inode);
+			if (!inode)
+				return;
+			dentry = BPF_CORE_READ(file, f_path.dentry);
+		} else {
+			dentry = 0; /* the error belongs to the mount, not to the directory */
+		}
+	}
 
 	if (op == VFS_LOOKUP) {
 		if (ret < 0 && ret >= -MAX_ERRNO)
@@ -930,8 +960,9 @@ static __always_inline void vfs_exit(__u32 op, __s64 ret)
 	}
 	if (status)
 		err_account(dev, ERR_VFS, 0, status, op, 0);
-	/* Permission checks have no dentry and would only add noise per file. */
-	if (op != VFS_PERMISSION) {
+	/* Permission checks have no dentry and would only add noise per file;
+	 * a failed atomic open has no file yet. */
+	if (op != VFS_PERMISSION && !(op == VFS_OPEN && !dentry)) {
 		if (op == VFS_LOOKUP && dentry) /* billed to the directory searched */
 			dentry = BPF_CORE_READ(dentry, d_parent);
 		file_account(op, dev, fileid, dentry, lat, ret, status != 0);
@@ -994,6 +1025,21 @@ SEC("fexit/nfs4_file_open")
 int BPF_PROG(fx_nfs4_file_open, struct inode *inode, struct file *f, int ret)
 {
 	vfs_exit(VFS_OPEN, ret);
+	return 0;
+}
+
+SEC("fentry/nfs_atomic_open")
+int BPF_PROG(fe_nfs_atomic_open, struct inode *dir, struct dentry *d, struct file *f)
+{
+	vfs_enter2(VFS_ATOMIC_OPEN, dir, d, 0, f);
+	return 0;
+}
+
+SEC("fexit/nfs_atomic_open")
+int BPF_PROG(fx_nfs_atomic_open, struct inode *dir, struct dentry *d, struct file *f, unsigned int flags,
+	     unsigned short mode, int ret)
+{
+	vfs_exit(VFS_ATOMIC_OPEN, ret);
 	return 0;
 }
 
@@ -1151,6 +1197,20 @@ KPROBE_PAIR(nfs_file_open, VFS_OPEN,
 	    vfs_enter(VFS_OPEN, a0, BPF_CORE_READ((struct file *)a1, f_path.dentry), 0))
 KPROBE_PAIR(nfs4_file_open, VFS_OPEN,
 	    vfs_enter(VFS_OPEN, a0, BPF_CORE_READ((struct file *)a1, f_path.dentry), 0))
+SEC("kprobe/nfs_atomic_open")
+int BPF_KPROBE(kp_nfs_atomic_open, struct inode *dir, struct dentry *d, struct file *f)
+{
+	vfs_enter2(VFS_ATOMIC_OPEN, dir, d, 0, f);
+	return 0;
+}
+
+SEC("kretprobe/nfs_atomic_open")
+int BPF_KRETPROBE(krp_nfs_atomic_open, long ret)
+{
+	vfs_exit(VFS_ATOMIC_OPEN, ret);
+	return 0;
+}
+
 KPROBE_PAIR(nfs_file_flush, VFS_FLUSH, vfs_enter_file(VFS_FLUSH, a0))
 KPROBE_PAIR(nfs4_file_flush, VFS_FLUSH, vfs_enter_file(VFS_FLUSH, a0))
 KPROBE_PAIR(nfs_file_fsync, VFS_FSYNC, vfs_enter_file(VFS_FSYNC, a0))

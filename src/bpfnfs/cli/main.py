@@ -39,6 +39,7 @@ LOSS_COUNTERS = (
     "vfs_start_full",
     "owner_map_full",
     "err_map_full",
+    "kretprobe_missed",
 )
 
 

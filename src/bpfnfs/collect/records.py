@@ -149,6 +149,7 @@ OP_EVENT = struct.Struct(f"<7Q6IiHH{COMM_LEN}s{PROC_LEN}s")
 OP_RPC, OP_VFS = 1, 2
 PATH_EVENT = struct.Struct(f"<QQIIII{PATH_LEN}s")  # kind, fileid, dev, flags, len, depth, path
 PATH_F_TRUNCATED = 1
+OP_PATH = 0xFFFFFFFFFFFFFFFF  # path_event.kind
 
 # Map name -> (key struct size, value struct size) for the start-up layout check.
 LAYOUTS: dict[str, tuple[int, int]] = {

@@ -273,9 +273,9 @@ def read_snapshot(maps: dict[str, Map]) -> Snapshot:
         raw = _sum_percpu(vfs_map, v, R.VFS_VAL)
         n = R.VFS_VAL_SCALARS
         name = R.VFS_OPS[op] if op < len(R.VFS_OPS) else f"op{op}"
-        snap.vfs[VfsKey(dev, name, pid, cg, R.cstr(comm))] = VfsStats(
-            *raw[:n], latency=Log2Hist(list(raw[n:]), raw[3])
-        )
+        vk = VfsKey(dev, name, pid, cg, R.cstr(comm))
+        vv = VfsStats(*raw[:n], latency=Log2Hist(list(raw[n:]), raw[3]))
+        snap.vfs[vk] = snap.vfs[vk] + vv if vk in snap.vfs else vv
     fmap = maps["files"]
     snap.files_capacity = fmap.max_entries
     nc = len(R.FILE_VAL_COUNTERS)
@@ -289,7 +289,10 @@ def read_snapshot(maps: dict[str, Map]) -> Snapshot:
     omap = maps["owners"]
     for k, v in omap.items():
         dev, pid, cg, comm = R.OWNER_KEY.unpack(k)
-        snap.owners[OwnerKey(dev, pid, cg, R.cstr(comm))] = OwnerStats(*_sum_percpu(omap, v, R.OWNER_VAL))
+        # Keys are compared as decoded: sum, never overwrite, should two raw keys decode alike.
+        ok = OwnerKey(dev, pid, cg, R.cstr(comm))
+        ov = OwnerStats(*_sum_percpu(omap, v, R.OWNER_VAL))
+        snap.owners[ok] = snap.owners[ok] + ov if ok in snap.owners else ov
     emap = maps["errors"]
     for k, v in emap.items():
         eid, kind, vers, err, opnum, op = R.ERR_KEY.unpack(k)

@@ -4,8 +4,10 @@ load, attach, detach. Thin and explicit; the policy lives in probes/."""
 from __future__ import annotations
 
 import ctypes
+import os
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 from bpfnfs.loader.libbpf import BpfObjectOpenOpts, Libbpf, LibbpfError, errno_message, libbpf
 from bpfnfs.loader.maps import Map
@@ -37,6 +39,10 @@ class Link:
     program: str
     section: str
     ptr: int
+    kprobe_event: tuple[Path, str] | None = None  # (kprobe_events file, "group/event") we created
+
+
+KPROBE_GROUP = "bpfnfs"
 
 
 @dataclass
@@ -125,10 +131,44 @@ class BpfObject:
         self.links.append(lk)
         return lk
 
+    def attach_kretprobe(self, name: str, func: str, maxactive: int, tracefs: Path) -> Link:
+        """A kretprobe with room for `maxactive` calls in flight, made through tracefs.
+
+        The perf_event_open path libbpf 1.1 uses leaves maxactive at the kernel's
+        default, num_possible_cpus() on non-preemptible kernels: every NFS call that
+        sleeps beyond that many in flight would silently lose its return. A
+        kprobe_events entry takes an explicit maxactive ("r<N>:")."""
+        p = self.programs[name]
+        event = f"{func}_{os.getpid()}"
+        events = tracefs / "kprobe_events"
+        spec = f"{KPROBE_GROUP}/{event}"
+        try:
+            with events.open("a") as f:
+                f.write(f"-:{spec}\n")
+        except OSError:
+            pass  # not there: the usual case
+        try:
+            with events.open("a") as f:
+                f.write(f"r{maxactive}:{spec} {func}\n")
+        except OSError as e:
+            raise LoadError(f"cannot create kretprobe {spec} on {func}: {e.strerror}") from None
+        self.lib.clear_log()
+        ctypes.set_errno(0)
+        link = self.lib.lib.bpf_program__attach_tracepoint(p.ptr, KPROBE_GROUP.encode(), event.encode())
+        if not link:
+            msg = errno_message(0)
+            _remove_kprobe_event(events, spec)
+            raise LoadError(f"cannot attach {p.section} through {spec} ({msg})\n" + self._log())
+        lk = Link(name, p.section, link, (events, spec))
+        self.links.append(lk)
+        return lk
+
     def detach_all(self) -> None:
         while self.links:
             lk = self.links.pop()
             self.lib.lib.bpf_link__destroy(lk.ptr)
+            if lk.kprobe_event:
+                _remove_kprobe_event(*lk.kprobe_event)
 
     def close(self) -> None:
         self.detach_all()
@@ -142,6 +182,28 @@ class BpfObject:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _remove_kprobe_event(events: Path, spec: str) -> None:
+    try:
+        with events.open("a") as f:
+            f.write(f"-:{spec}\n")
+    except OSError:
+        pass
+
+
+def kprobe_misses(tracefs: Path, group: str = KPROBE_GROUP) -> int:
+    """Calls our tracefs kprobes missed (kretprobe maxactive exhausted), from kprobe_profile."""
+    total = 0
+    try:
+        text = (tracefs / "kprobe_profile").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].startswith(f"{group}/") and parts[0].endswith(f"_{os.getpid()}"):
+            total += int(parts[2])
+    return total
 
 
 __all__ = ["BpfObject", "LibbpfError", "Link", "LoadError", "Program", "object_bytes"]

@@ -30,6 +30,7 @@ VFS_FUNCTIONS: tuple[tuple[str, str, int], ...] = (
     ("nfs_file_write", "nfs", 2),
     ("nfs_file_open", "nfs", 2),
     ("nfs4_file_open", "nfsv4", 2),
+    ("nfs_atomic_open", "nfs", 5),  # NFSv4: OPEN with the lookup; nfs4_file_open only on cached dentries
     ("nfs_file_flush", "nfs", 2),
     ("nfs4_file_flush", "nfsv4", 2),
     ("nfs_file_fsync", "nfs", 4),

@@ -289,7 +289,8 @@ class Agent:
                 if kind != R.OP_PATH:
                     continue
                 parts = [p.decode("utf-8", "replace") for p in raw[:length].split(b"\0") if p]
-                self.paths[(dev, fileid)] = ("/" + "/".join(reversed(parts)), bool(flags & R.PATH_F_TRUNCATED))
+                truncated = bool(flags & R.PATH_F_TRUNCATED)
+                self.paths[(dev, fileid)] = ("/" + "/".join(reversed(parts)), truncated)
             for ev in R.OP_EVENT.iter_unpack(got[R.OP_EVENT.size]):
                 if len(self.events) == self.events.maxlen:
                     self.events_overflow += 1

@@ -111,6 +111,41 @@ def mounted(c: Checks, out: Path) -> None:
         r.returncode == 2 and "sudo" in r.stderr and "Traceback" not in r.stderr,
         r.stderr,
     )
+    # Filters: invalid values exit 2 naming the flag; valid ones narrow the view.
+    for args, word in (
+        (["--pid", "999999"], "--pid 999999: no such process"),
+        (["--comm", "x" * 20], "comm must be"),
+        (["--cgroup", "/no/such/cgroup"], "--cgroup /no/such/cgroup"),
+        (["--mount", "relative"], "mount must be"),
+        (["--server", "bad host!"], "server must be"),
+        (["--by", "pod"], "--by"),
+    ):
+        r = subprocess.run([*BPFNFS, *args, "--count", "1"], capture_output=True, text=True, timeout=120)
+        c.add(
+            f"bad filter {' '.join(args)[:30]} exits 2",
+            r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr,
+            r.stderr[-300:],
+        )
+    p, so, _se = start(
+        ["--json", "--interval", "1", "--by", "process", "--comm", "dd", "--mount", "/mnt/nfs4"], out, "filt"
+    )
+    wait_for(so, "mounts", 60)
+    subprocess.run(
+        "dd if=/dev/zero of=/mnt/nfs4/filt-dd bs=64k count=16 conv=fsync status=none", shell=True, check=True
+    )
+    subprocess.run("cat /mnt/nfs4/filt-dd > /dev/null", shell=True, check=True)
+    time.sleep(2.5)
+    stop(p)
+    docs = [json.loads(line) for line in so.read_text().splitlines() if line.strip()]
+    mps = {m["mount_point"] for d in docs for m in d["mounts"]}
+    comms = {r["comm"] for d in docs for m in d["mounts"] for r in m.get("rows", []) if r.get("calls")}
+    wrote = sum(r["write_bytes"] for d in docs for m in d["mounts"] for r in m.get("rows", []))
+    c.add("--mount /mnt/nfs4 shows only that mount", mps == {"/mnt/nfs4"}, sorted(mps))
+    c.add("--comm dd shows only dd's syscalls", comms == {"dd"}, sorted(comms))
+    c.add("--comm dd counts dd's bytes", wrote == 16 * 65536, wrote)
+    for by in ("op", "cgroup", "file"):
+        r = subprocess.run([*BPFNFS, "--by", by, "--count", "1"], capture_output=True, text=True, timeout=120)
+        c.add(f"--by {by} table exits 0", r.returncode == 0 and "mounted on" in r.stdout, r.stderr[-300:])
     if not Path("/sys/kernel/btf/nfs").exists():
         r = subprocess.run([*BPFNFS, "--tier", "btf", "--count", "1"], capture_output=True, text=True)
         c.add(

@@ -357,6 +357,10 @@ class Agent:
         )
 
     @property
+    def cgroup_filter_ids(self) -> set[int]:
+        return self._filter_ids
+
+    @property
     def tier(self) -> str | None:
         return self.plan.tier if self.plan else None
 

@@ -178,12 +178,25 @@ def _self_counters(agent: Agent, rep: Report) -> dict[str, object]:
     return c
 
 
+def _rows(cfg: Config, agent: Agent, d: MountReport) -> list[dict[str, object]]:
+    """Identity rows, with the filters applied to the billed wire I/O too (the kernel
+    filters only the syscall side: READ/WRITE completions run in other tasks)."""
+    rows = identity_rows(d, cfg.by, agent.cgroups.path)
+    if cfg.filter_comm is not None:
+        rows = [r for r in rows if r.get("comm", cfg.filter_comm) == cfg.filter_comm]
+    if cfg.filter_pid is not None and cfg.by == "process":
+        rows = [r for r in rows if r.get("pid") == cfg.filter_pid]
+    if agent.cgroup_filter_ids and cfg.by == "cgroup":
+        rows = [r for r in rows if r.get("cgroup_id") in agent.cgroup_filter_ids]
+    return rows
+
+
 def _grouped(cfg: Config, agent: Agent, rep: Report, d: MountReport) -> dict[str, object]:
     """The --by view of one mount's interval, for JSON."""
     if cfg.by == "op":
         return {"vfs_ops": vfs_dict(d)}
     if cfg.by in ("process", "cgroup"):
-        return {"rows": identity_rows(d, cfg.by, agent.cgroups.path)}
+        return {"rows": _rows(cfg, agent, d)}
     if cfg.by == "file":
         return {"files": file_rows(d, rep.paths, cfg.top, cfg.sort)}
     return {}
@@ -236,7 +249,7 @@ def _emit(cfg: Config, agent: Agent, rep: Report, prev: Report | None) -> None:
             out.extend(format_vfs_ops(d, seconds))
         elif cfg.by in ("process", "cgroup"):
             title = "process [pid]" if cfg.by == "process" else "cgroup"
-            out.extend(format_identities(identity_rows(d, cfg.by, agent.cgroups.path), seconds, title))
+            out.extend(format_identities(_rows(cfg, agent, d), seconds, title))
         else:
             out.extend(format_files(file_rows(d, rep.paths, cfg.top, cfg.sort), seconds))
     c = rep.snapshot.counters

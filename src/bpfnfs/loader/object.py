@@ -3,6 +3,7 @@ load, attach, detach. Thin and explicit; the policy lives in probes/."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from dataclasses import dataclass, field
@@ -142,14 +143,9 @@ class BpfObject:
         event = f"{func}_{os.getpid()}"
         events = tracefs / "kprobe_events"
         spec = f"{KPROBE_GROUP}/{event}"
+        _remove_kprobe_event(events, spec)  # a leftover of a crashed run with our pid
         try:
-            with events.open("a") as f:
-                f.write(f"-:{spec}\n")
-        except OSError:
-            pass  # not there: the usual case
-        try:
-            with events.open("a") as f:
-                f.write(f"r{maxactive}:{spec} {func}\n")
+            _write_kprobe_events(events, f"r{maxactive}:{spec} {func}")
         except OSError as e:
             raise LoadError(f"cannot create kretprobe {spec} on {func}: {e.strerror}") from None
         self.lib.clear_log()
@@ -184,12 +180,18 @@ class BpfObject:
         self.close()
 
 
-def _remove_kprobe_event(events: Path, spec: str) -> None:
+def _write_kprobe_events(events: Path, line: str) -> None:
+    # Raw O_APPEND write: Python's open(..., "a") seeks to the end, which tracefs refuses.
+    fd = os.open(events, os.O_WRONLY | os.O_APPEND)
     try:
-        with events.open("a") as f:
-            f.write(f"-:{spec}\n")
-    except OSError:
-        pass
+        os.write(fd, line.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def _remove_kprobe_event(events: Path, spec: str) -> None:
+    with contextlib.suppress(OSError):  # not there
+        _write_kprobe_events(events, f"-:{spec}")
 
 
 def kprobe_misses(tracefs: Path, group: str = KPROBE_GROUP) -> int:

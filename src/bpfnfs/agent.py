@@ -338,7 +338,8 @@ class Agent:
         )
         snap.counters["ring_unknown_records"] = self.ring.unknown_records if self.ring else 0
         if self.tracefs is not None and self.tier == "tracefs":
-            snap.counters["kretprobe_missed"] = kprobe_misses(self.tracefs)
+            specs = {lk.kprobe_event[1] for o in self.objs for lk in o.links if lk.kprobe_event}
+            snap.counters["kretprobe_missed"] = kprobe_misses(self.tracefs, specs)
         snap.counters["events_overflow"] = self.events_overflow
         with self._ring_lock:
             # Paths of files the LRU evicted are no longer needed.

@@ -51,7 +51,15 @@ def _boot(job: tuple[str, bool]) -> tuple[str, bool, Any]:
     out = OUT / (f"{suite}-late" if late else suite)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    res = vm.run(suite, ["sh", "-c", _guest_cmd(out, late)], out, nfs="none" if late else "full", timeout=900)
+    # 1.5 GiB: the 100,000-file LRU scenario keeps server and client inodes of every file in memory.
+    res = vm.run(
+        suite,
+        ["sh", "-c", _guest_cmd(out, late)],
+        out,
+        nfs="none" if late else "full",
+        mem="512M" if late else "1536M",
+        timeout=1500,
+    )
     return suite, late, res
 
 

@@ -1177,7 +1177,9 @@ int BPF_PROG(fx_nfs_vm_page_mkwrite, struct vm_fault *vmf, unsigned int ret)
 
 /* ---- tracefs tier: kprobes. Argument lists as in 5.10 (no idmap). ---- */
 
-#define KPROBE_PAIR(fn, OP, enter_stmt)                         \
+/* RET: the function's return type. An int return leaves the upper half of rax
+ * undefined, so it must be narrowed before its sign means anything. */
+#define KPROBE_PAIR(fn, OP, RET, enter_stmt)                    \
 	SEC("kprobe/" #fn)                                       \
 	int BPF_KPROBE(kp_##fn, void *a0, void *a1)              \
 	{                                                        \
@@ -1187,15 +1189,15 @@ int BPF_PROG(fx_nfs_vm_page_mkwrite, struct vm_fault *vmf, unsigned int ret)
 	SEC("kretprobe/" #fn)                                    \
 	int BPF_KRETPROBE(krp_##fn, long ret)                    \
 	{                                                        \
-		vfs_exit(OP, ret);                               \
+		vfs_exit(OP, (RET)ret);                          \
 		return 0;                                        \
 	}
 
-KPROBE_PAIR(nfs_file_read, VFS_READ, vfs_enter_kiocb(VFS_READ, a0))
-KPROBE_PAIR(nfs_file_write, VFS_WRITE, vfs_enter_kiocb(VFS_WRITE, a0))
-KPROBE_PAIR(nfs_file_open, VFS_OPEN,
+KPROBE_PAIR(nfs_file_read, VFS_READ, long, vfs_enter_kiocb(VFS_READ, a0))
+KPROBE_PAIR(nfs_file_write, VFS_WRITE, long, vfs_enter_kiocb(VFS_WRITE, a0))
+KPROBE_PAIR(nfs_file_open, VFS_OPEN, int,
 	    vfs_enter(VFS_OPEN, a0, BPF_CORE_READ((struct file *)a1, f_path.dentry), 0))
-KPROBE_PAIR(nfs4_file_open, VFS_OPEN,
+KPROBE_PAIR(nfs4_file_open, VFS_OPEN, int,
 	    vfs_enter(VFS_OPEN, a0, BPF_CORE_READ((struct file *)a1, f_path.dentry), 0))
 SEC("kprobe/nfs_atomic_open")
 int BPF_KPROBE(kp_nfs_atomic_open, struct inode *dir, struct dentry *d, struct file *f)
@@ -1207,13 +1209,13 @@ int BPF_KPROBE(kp_nfs_atomic_open, struct inode *dir, struct dentry *d, struct f
 SEC("kretprobe/nfs_atomic_open")
 int BPF_KRETPROBE(krp_nfs_atomic_open, long ret)
 {
-	vfs_exit(VFS_ATOMIC_OPEN, ret);
+	vfs_exit(VFS_ATOMIC_OPEN, (int)ret);
 	return 0;
 }
 
-KPROBE_PAIR(nfs_file_flush, VFS_FLUSH, vfs_enter_file(VFS_FLUSH, a0))
-KPROBE_PAIR(nfs4_file_flush, VFS_FLUSH, vfs_enter_file(VFS_FLUSH, a0))
-KPROBE_PAIR(nfs_file_fsync, VFS_FSYNC, vfs_enter_file(VFS_FSYNC, a0))
+KPROBE_PAIR(nfs_file_flush, VFS_FLUSH, int, vfs_enter_file(VFS_FLUSH, a0))
+KPROBE_PAIR(nfs4_file_flush, VFS_FLUSH, int, vfs_enter_file(VFS_FLUSH, a0))
+KPROBE_PAIR(nfs_file_fsync, VFS_FSYNC, int, vfs_enter_file(VFS_FSYNC, a0))
 /* 5.12+ put an idmap (user_namespace, later mnt_idmap) first. Chosen outside
  * BPF_CORE_READ, which would turn the cfg access into a CO-RE relocation. */
 static __always_inline void *idmap_arg(void *a0, void *a1)
@@ -1226,12 +1228,12 @@ static __always_inline void getattr_enter(struct path *p)
 	vfs_enter_dentry(VFS_GETATTR, BPF_CORE_READ(p, dentry));
 }
 
-KPROBE_PAIR(nfs_getattr, VFS_GETATTR, getattr_enter(idmap_arg(a0, a1)))
-KPROBE_PAIR(nfs_setattr, VFS_SETATTR, vfs_enter_dentry(VFS_SETATTR, idmap_arg(a0, a1)))
-KPROBE_PAIR(nfs_lookup, VFS_LOOKUP, vfs_enter(VFS_LOOKUP, a0, a1, 0))
-KPROBE_PAIR(nfs_readdir, VFS_READDIR, vfs_enter_file(VFS_READDIR, a0))
-KPROBE_PAIR(nfs_permission, VFS_PERMISSION, vfs_enter(VFS_PERMISSION, idmap_arg(a0, a1), 0, 0))
-KPROBE_PAIR(nfs_vm_page_mkwrite, VFS_PAGE_MKWRITE,
+KPROBE_PAIR(nfs_getattr, VFS_GETATTR, int, getattr_enter(idmap_arg(a0, a1)))
+KPROBE_PAIR(nfs_setattr, VFS_SETATTR, int, vfs_enter_dentry(VFS_SETATTR, idmap_arg(a0, a1)))
+KPROBE_PAIR(nfs_lookup, VFS_LOOKUP, long, vfs_enter(VFS_LOOKUP, a0, a1, 0))
+KPROBE_PAIR(nfs_readdir, VFS_READDIR, int, vfs_enter_file(VFS_READDIR, a0))
+KPROBE_PAIR(nfs_permission, VFS_PERMISSION, int, vfs_enter(VFS_PERMISSION, idmap_arg(a0, a1), 0, 0))
+KPROBE_PAIR(nfs_vm_page_mkwrite, VFS_PAGE_MKWRITE, unsigned int,
 	    vfs_enter_file(VFS_PAGE_MKWRITE, BPF_CORE_READ((struct vm_fault *)a0, vma, vm_file)))
 
 /* ------------------------------------------------------------------------ */

@@ -36,7 +36,6 @@ def format_mount(m: MountReport, seconds: float, tier: str | None, all_ops: bool
     if not ops:
         lines.append("   no RPCs in this interval")
         return lines
-    wire = tier == "btf"
     lines.append(
         f"   {'op':<16}{'ops/s':>10}{'kB/s':>11}{'kB/op':>9}{'retrans':>14}"
         f"{'avg queue ms':>14}{'avg RTT ms':>12}{'avg exe ms':>12}{'errors':>14}"
@@ -47,9 +46,9 @@ def format_mount(m: MountReport, seconds: float, tier: str | None, all_ops: bool
     for name in names:
         s: RpcOpStats = ops[name]
         nbytes = s.bytes_sent + s.bytes_recv
-        kbs = f"{nbytes / kb:11.1f}" if wire else f"{'-':>11}"
-        kbop = f"{nbytes / 1024.0 / s.ops:9.2f}" if wire and s.ops else f"{'-':>9}"
-        retrans = _pct(s.ntrans - s.ops, s.ops) if wire else "-"
+        kbs = f"{nbytes / kb:11.1f}"
+        kbop = f"{nbytes / 1024.0 / s.ops:9.2f}" if s.ops else f"{'-':>9}"
+        retrans = _pct(s.ntrans - s.ops, s.ops)
         lines.append(
             f"   {name:<16}{s.ops / seconds:10.2f}{kbs}{kbop}{retrans:>14}"
             f"{_ms(s.queue_ns, s.ops):>14}{_ms(s.rtt_ns, s.ops):>12}{_ms(s.execute_ns, s.ops):>12}"

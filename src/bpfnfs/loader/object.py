@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -44,6 +45,7 @@ class Link:
 
 
 KPROBE_GROUP = "bpfnfs"
+_EVENT_SEQ = itertools.count()
 
 
 @dataclass
@@ -140,7 +142,7 @@ class BpfObject:
         sleeps beyond that many in flight would silently lose its return. A
         kprobe_events entry takes an explicit maxactive ("r<N>:")."""
         p = self.programs[name]
-        event = f"{func}_{os.getpid()}"
+        event = f"{func}_{os.getpid()}_{next(_EVENT_SEQ)}"  # unique per object: agents may share a process
         events = tracefs / "kprobe_events"
         spec = f"{KPROBE_GROUP}/{event}"
         _remove_kprobe_event(events, spec)  # a leftover of a crashed run with our pid
@@ -194,8 +196,9 @@ def _remove_kprobe_event(events: Path, spec: str) -> None:
         _write_kprobe_events(events, f"-:{spec}")
 
 
-def kprobe_misses(tracefs: Path, group: str = KPROBE_GROUP) -> int:
-    """Calls our tracefs kprobes missed (kretprobe maxactive exhausted), from kprobe_profile."""
+def kprobe_misses(tracefs: Path, specs: set[str]) -> int:
+    """Calls our tracefs kprobes missed (kretprobe maxactive exhausted), from kprobe_profile.
+    specs: the "group/event" names this agent created (Link.kprobe_event)."""
     total = 0
     try:
         text = (tracefs / "kprobe_profile").read_text()
@@ -203,7 +206,7 @@ def kprobe_misses(tracefs: Path, group: str = KPROBE_GROUP) -> int:
         return 0
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[0].startswith(f"{group}/") and parts[0].endswith(f"_{os.getpid()}"):
+        if len(parts) >= 3 and parts[0] in specs:
             total += int(parts[2])
     return total
 

@@ -243,9 +243,10 @@ def errors(agent: Agent, c: Checks) -> None:
         c.add(
             f"{mp}: LOOKUP ENOENT counted at the RPC layer", ("rpc", "LOOKUP", "ENOENT") in flat, sorted(flat)
         )
+        nfserr = f"NFS{3 if mp.endswith('3') else 4}ERR_NOENT"
         c.add(
-            f"{mp}: LOOKUP ENOENT reported by the server (xdr status)",
-            ("server", "LOOKUP", "ENOENT") in flat,
+            f"{mp}: LOOKUP {nfserr} reported by the server (xdr status)",
+            ("server", "LOOKUP", nfserr) in flat,
             sorted(flat),
         )
         eacces = sorted(x for x in flat if x[2] == "EACCES")
@@ -256,7 +257,9 @@ def errors(agent: Agent, c: Checks) -> None:
             if s.errors or n:
                 c.eq(f"{mp} {op}: errors by errno sum to the op's errors", n, s.errors)
     flat3 = {(layer, op, name) for (layer, op), e in d["/mnt/nfs3"].errors_by_op().items() for name in e}
-    c.add("/mnt/nfs3: ESTALE counted", any(x[2] == "ESTALE" for x in flat3), sorted(flat3))
+    c.add("/mnt/nfs3: ESTALE counted on READ", ("rpc", "READ", "ESTALE") in flat3, sorted(flat3))
+    stale = ("server", "READ", "NFS3ERR_STALE")
+    c.add("/mnt/nfs3: the server said NFS3ERR_STALE", stale in flat3, sorted(flat3))
 
 
 def timeouts(agent: Agent, c: Checks) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from bpfnfs.collect import records as R
-from bpfnfs.collect.errnames import errno_name, nfs4_op_name
+from bpfnfs.collect.errnames import errno_name, nfs4_op_name, nfs_status_name
 from bpfnfs.collect.histogram import Log2Hist
 from bpfnfs.collect.snapshot import (
     ErrKey,
@@ -62,7 +62,7 @@ def test_errors_named_per_layer() -> None:
     m = build_report(_snap(), [_mount()]).mounts[0]
     assert m.errors_by_op() == {
         ("rpc", "LOOKUP"): {"ENOENT": 3},
-        ("server", "LOOKUP"): {"ENOENT": 1},
+        ("server", "LOOKUP"): {"NFS4ERR_NOENT": 1},
         ("vfs", "read"): {"EIO": 1},
     }
 
@@ -90,6 +90,8 @@ def test_errno_names() -> None:
     assert errno_name(528) == "EJUKEBOX"
     assert errno_name(10008) == "NFS4ERR_DELAY"
     assert errno_name(99999) == "E99999"
+    assert nfs_status_name(70, 3) == "NFS3ERR_STALE" and nfs_status_name(10008, 3) == "NFS3ERR_JUKEBOX"
+    assert nfs_status_name(13, 4) == "NFS4ERR_ACCESS" and nfs_status_name(10008, 4) == "NFS4ERR_DELAY"
     assert nfs4_op_name(18) == "OPEN" and nfs4_op_name(53) == "SEQUENCE" and nfs4_op_name(1) == "OP1"
 
 

@@ -140,6 +140,52 @@ LISTXATTRS REMOVEXATTR
 """.split()  # noqa: SIM905 -- kept readable
 
 
+# nfsstat3 (RFC 1813) and nfsstat4 (RFC 8881) below 10000 share numbers; v4 spells ACCES as ACCESS.
+_NFS_STAT = {
+    1: "PERM",
+    2: "NOENT",
+    5: "IO",
+    6: "NXIO",
+    13: "ACCES",
+    17: "EXIST",
+    18: "XDEV",
+    19: "NODEV",
+    20: "NOTDIR",
+    21: "ISDIR",
+    22: "INVAL",
+    27: "FBIG",
+    28: "NOSPC",
+    30: "ROFS",
+    31: "MLINK",
+    63: "NAMETOOLONG",
+    66: "NOTEMPTY",
+    69: "DQUOT",
+    70: "STALE",
+    71: "REMOTE",
+    10001: "BADHANDLE",
+    10002: "NOT_SYNC",
+    10003: "BAD_COOKIE",
+    10004: "NOTSUPP",
+    10005: "TOOSMALL",
+    10006: "SERVERFAULT",
+    10007: "BADTYPE",
+    10008: "JUKEBOX",
+}
+
+
+def nfs_status_name(status: int, vers: int) -> str:
+    """The server's own status code, as the nfs_xdr_status/nfs4_xdr_status tracepoints
+    carry it: 'NFS3ERR_STALE' for 70 on v3, 'NFS4ERR_DELAY' for 10008 on v4."""
+    status = abs(status)
+    if vers >= 4:
+        if status in _NFS4ERR:
+            return _NFS4ERR[status]
+        name = _NFS_STAT.get(status)
+        return f"NFS4ERR_{'ACCESS' if status == 13 else name}" if name else f"NFS4ERR_{status}"
+    name = _NFS_STAT.get(status)
+    return f"NFS{vers}ERR_{name}" if name else f"NFS{vers}ERR_{status}"
+
+
 def errno_name(err: int) -> str:
     """'ENOENT' for 2; kernel-internal and NFSv4 codes by name; unknown as 'E<n>'."""
     err = abs(err)

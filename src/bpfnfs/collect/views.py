@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpfnfs.collect import records as R
-from bpfnfs.collect.errnames import errno_name, nfs4_op_name
+from bpfnfs.collect.errnames import errno_name, nfs4_op_name, nfs_status_name
 from bpfnfs.collect.snapshot import FileStats, IoStats, OwnerStats, RpcOpStats, Snapshot, VfsStats
 from bpfnfs.enrich.mounts import NfsMount, client_chains
 
@@ -142,7 +142,9 @@ def build_report(
             op = R.VFS_OPS[ek.opnum] if ek.opnum < len(R.VFS_OPS) else f"op{ek.opnum}"
         else:
             op = ek.op
-        row = (LAYERS.get(ek.kind, "?"), op, errno_name(ek.err))
+        # Server layer: the reply's NFS status code itself; other layers: errno.
+        name = nfs_status_name(ek.err, ek.vers) if ek.kind in (R.ERR_XDR, R.ERR_XDR4) else errno_name(ek.err)
+        row = (LAYERS.get(ek.kind, "?"), op, name)
         target = errs_dev if ek.kind == R.ERR_VFS else errs_clid
         d = target.setdefault(ek.id, {})
         d[row] = d.get(row, 0) + n

@@ -31,24 +31,6 @@ CORE_PROGRAMS = {
     "tp_rpc_task_end",
     "tp_rpc_request",
 }
-# Maps every loaded instance shares (the first instance's); .rodata/.bss stay per instance.
-SHARED_MAPS = (
-    "rpc_stats",
-    "clients",
-    "io_stats",
-    "mount_probe",
-    "counters",
-    "events",
-    "errors",
-    "vfs_stats",
-    "vfs_start",
-    "files",
-    "owners",
-    "read_tags",
-    "cgroup_filter",
-    "sl_pair",
-    "task_status",
-)
 MAX_EVENTS = 65536
 # Calls in flight per kretprobe (the kernel's limit is 4096). NFS calls sleep, so the
 # default (one per CPU on non-preemptible kernels) loses returns under any concurrency.
@@ -158,8 +140,11 @@ class Agent:
             obj.set_autoload(set(programs))
             first = self.obj
             if first is not None:
-                for name in SHARED_MAPS:
-                    obj.maps[name].reuse_fd(first.maps[name].fd)
+                # Every map is shared with the first instance, except its own
+                # .rodata/.bss/.data (libbpf names those "<object>.<section>").
+                for name, m in obj.maps.items():
+                    if "." not in name:
+                        m.reuse_fd(first.maps[name].fd)
             else:
                 obj.maps["files"].set_max_entries(self.cfg.max_files)
             flags = self._flags()

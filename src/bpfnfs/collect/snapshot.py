@@ -35,8 +35,30 @@ def check_layouts(maps: dict[str, Map]) -> None:
             )
 
 
+class FieldArith:
+    """Field-wise + and - for the stats records (counters and Log2Hist fields alike):
+    cumulative snapshots are summed over keys and differenced over intervals."""
+
+    def _combine(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
+        return type(self)(*(op(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))  # type: ignore[arg-type]
+
+    def __add__(self, other: Any) -> Any:
+        return self._combine(other, operator.add)
+
+    def __sub__(self, other: Any) -> Any:
+        return self._combine(other, operator.sub)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+
+def accumulate(d: dict[Any, Any], key: Any, value: Any) -> None:
+    """d[key] += value, for keys that may not be there yet."""
+    d[key] = d[key] + value if key in d else value
+
+
 @dataclass
-class RpcOpStats:
+class RpcOpStats(FieldArith):
     """Cumulative per-op figures, in mountstats' own terms (times in ns)."""
 
     ops: int = 0
@@ -74,24 +96,9 @@ class RpcOpStats:
         s.execute = Log2Hist(list(v[n + 2 * h : n + 3 * h]), s.execute_ns)
         return s
 
-    def _combine(self, other: RpcOpStats, op: Callable[[Any, Any], Any]) -> RpcOpStats:
-        out = RpcOpStats(*(op(getattr(self, k), getattr(other, k)) for k in self.SCALARS))
-        out.queue, out.rtt, out.execute = (
-            op(self.queue, other.queue),
-            op(self.rtt, other.rtt),
-            op(self.execute, other.execute),
-        )
-        return out
-
-    def __add__(self, other: RpcOpStats) -> RpcOpStats:
-        return self._combine(other, operator.add)
-
-    def __sub__(self, other: RpcOpStats) -> RpcOpStats:
-        return self._combine(other, operator.sub)
-
 
 @dataclass
-class IoStats:
+class IoStats(FieldArith):
     read_calls: int = 0
     read_bytes: int = 0
     direct_read_bytes: int = 0
@@ -103,18 +110,9 @@ class IoStats:
     read_rpcs: int = 0
     write_rpcs: int = 0
 
-    def __add__(self, other: IoStats) -> IoStats:
-        return IoStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-    def __sub__(self, other: IoStats) -> IoStats:
-        return IoStats(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 @dataclass
-class VfsStats:
+class VfsStats(FieldArith):
     """Syscall-side op figures (cumulative; latency in ns)."""
 
     calls: int = 0
@@ -122,24 +120,6 @@ class VfsStats:
     bytes: int = 0
     latency_ns: int = 0
     latency: Log2Hist = field(default_factory=Log2Hist)
-
-    def __add__(self, o: VfsStats) -> VfsStats:
-        return VfsStats(
-            self.calls + o.calls,
-            self.errors + o.errors,
-            self.bytes + o.bytes,
-            self.latency_ns + o.latency_ns,
-            self.latency + o.latency,
-        )
-
-    def __sub__(self, o: VfsStats) -> VfsStats:
-        return VfsStats(
-            self.calls - o.calls,
-            self.errors - o.errors,
-            self.bytes - o.bytes,
-            self.latency_ns - o.latency_ns,
-            self.latency - o.latency,
-        )
 
 
 @dataclass(frozen=True)
@@ -152,7 +132,7 @@ class VfsKey:
 
 
 @dataclass
-class FileStats:
+class FileStats(FieldArith):
     reads: int = 0
     writes: int = 0
     read_bytes: int = 0
@@ -171,12 +151,6 @@ class FileStats:
     def bytes(self) -> int:
         return self.read_bytes + self.write_bytes
 
-    def __sub__(self, o: FileStats) -> FileStats:
-        return FileStats(*(getattr(self, f.name) - getattr(o, f.name) for f in fields(self)))
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 @dataclass(frozen=True)
 class OwnerKey:
@@ -187,22 +161,13 @@ class OwnerKey:
 
 
 @dataclass
-class OwnerStats:
+class OwnerStats(FieldArith):
     read_rpcs: int = 0
     read_bytes: int = 0
     write_rpcs: int = 0
     write_bytes: int = 0
     commit_rpcs: int = 0
     ambiguous_write_bytes: int = 0
-
-    def __add__(self, o: OwnerStats) -> OwnerStats:
-        return OwnerStats(*(getattr(self, f.name) + getattr(o, f.name) for f in fields(self)))
-
-    def __sub__(self, o: OwnerStats) -> OwnerStats:
-        return OwnerStats(*(getattr(self, f.name) - getattr(o, f.name) for f in fields(self)))
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -275,7 +240,7 @@ def read_snapshot(maps: dict[str, Map]) -> Snapshot:
         name = R.VFS_OPS[op] if op < len(R.VFS_OPS) else f"op{op}"
         vk = VfsKey(dev, name, pid, cg, R.cstr(comm))
         vv = VfsStats(*raw[:n], latency=Log2Hist(list(raw[n:]), raw[3]))
-        snap.vfs[vk] = snap.vfs[vk] + vv if vk in snap.vfs else vv
+        accumulate(snap.vfs, vk, vv)
     fmap = maps["files"]
     snap.files_capacity = fmap.max_entries
     nc = len(R.FILE_VAL_COUNTERS)
@@ -290,14 +255,14 @@ def read_snapshot(maps: dict[str, Map]) -> Snapshot:
     for k, v in omap.items():
         dev, pid, cg, comm = R.OWNER_KEY.unpack(k)
         # Keys are compared as decoded: sum, never overwrite, should two raw keys decode alike.
-        ok = OwnerKey(dev, pid, cg, R.cstr(comm))
-        ov = OwnerStats(*_sum_percpu(omap, v, R.OWNER_VAL))
-        snap.owners[ok] = snap.owners[ok] + ov if ok in snap.owners else ov
+        accumulate(
+            snap.owners, OwnerKey(dev, pid, cg, R.cstr(comm)), OwnerStats(*_sum_percpu(omap, v, R.OWNER_VAL))
+        )
     emap = maps["errors"]
     for k, v in emap.items():
         eid, kind, vers, err, opnum, op = R.ERR_KEY.unpack(k)
         ek = ErrKey(kind, eid, vers, R.cstr(op), opnum, err)
-        snap.errors[ek] = snap.errors.get(ek, 0) + sum(R.U64.unpack(x)[0] for x in emap.percpu_slots(v))
+        accumulate(snap.errors, ek, sum(R.U64.unpack(x)[0] for x in emap.percpu_slots(v)))
     cnt = maps["counters"]
     for k, v in cnt.items():
         (idx,) = R.U32.unpack(k)

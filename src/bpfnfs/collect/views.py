@@ -4,12 +4,20 @@ the way /proc/self/mountstats presents them."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bpfnfs.collect import records as R
 from bpfnfs.collect.errnames import errno_name, nfs4_op_name, nfs_status_name
-from bpfnfs.collect.snapshot import FileStats, IoStats, OwnerStats, RpcOpStats, Snapshot, VfsStats
+from bpfnfs.collect.snapshot import (
+    FileStats,
+    IoStats,
+    OwnerStats,
+    RpcOpStats,
+    Snapshot,
+    VfsStats,
+    accumulate,
+)
 from bpfnfs.enrich.mounts import NfsMount, client_chains
 
 VfsRow = tuple[str, int, int, str]  # (op, pid, cgroup_id, comm)
@@ -42,41 +50,23 @@ class MountReport:
 
     def blank(self) -> MountReport:
         """The same mount with every counter at zero (what a new mount diffs against)."""
-        return MountReport(
-            self.mount_point,
-            self.server,
-            self.export,
-            self.nfs_version,
-            self.fstype,
-            self.dev,
-            self.clients,
-            root=self.root,
-            kdev=self.kdev,
-        )
+        return replace(self, io=IoStats(), ops={}, vfs={}, owners={}, errors={}, files={})
 
     def __sub__(self, prev: MountReport) -> MountReport:
-        return MountReport(
-            self.mount_point,
-            self.server,
-            self.export,
-            self.nfs_version,
-            self.fstype,
-            self.dev,
-            self.clients,
-            self.io - prev.io,
-            _sub_dict(self.ops, prev.ops, RpcOpStats()),
-            _sub_dict(self.vfs, prev.vfs, VfsStats()),
-            _sub_dict(self.owners, prev.owners, OwnerStats()),
-            {k: v - prev.errors.get(k, 0) for k, v in self.errors.items()},
-            _sub_dict(self.files, prev.files, FileStats()),
-            self.root,
-            self.kdev,
+        return replace(
+            self,
+            io=self.io - prev.io,
+            ops=_sub_dict(self.ops, prev.ops, RpcOpStats()),
+            vfs=_sub_dict(self.vfs, prev.vfs, VfsStats()),
+            owners=_sub_dict(self.owners, prev.owners, OwnerStats()),
+            errors=_sub_dict(self.errors, prev.errors, 0),
+            files=_sub_dict(self.files, prev.files, FileStats()),
         )
 
     def vfs_by_op(self) -> dict[str, VfsStats]:
         out: dict[str, VfsStats] = {}
         for (op, _pid, _cg, _comm), v in self.vfs.items():
-            out[op] = out[op] + v if op in out else v
+            accumulate(out, op, v)
         return out
 
     def errors_by_op(self) -> dict[tuple[str, str], dict[str, int]]:
@@ -151,7 +141,7 @@ def build_report(
     by_clid: dict[int, dict[str, RpcOpStats]] = {}
     for (clid, _vers, proc), s in snap.rpc.items():
         per = by_clid.setdefault(clid, {})
-        per[proc] = per[proc] + s if proc in per else s
+        accumulate(per, proc, s)
     out: list[MountReport] = []
     for nm in mounts:
         m = nm.mount
@@ -160,7 +150,7 @@ def build_report(
         errors: dict[ErrRow, int] = dict(errs_dev.get(m.dev, {}))
         for clid in chain:
             for proc, s in by_clid.get(clid, {}).items():
-                ops[proc] = ops[proc] + s if proc in ops else s
+                accumulate(ops, proc, s)
             for row, n in errs_clid.get(clid, {}).items():
                 errors[row] = errors.get(row, 0) + n
         out.append(
@@ -290,11 +280,7 @@ def file_rows(
     m: MountReport, paths: dict[tuple[int, int], tuple[str, bool]], top: int, sort: str
 ) -> list[dict[str, Any]]:
     """The top files of a mount by ops, bytes or latency (only files that moved)."""
-    moved = [
-        (fid, f)
-        for fid, f in m.files.items()
-        if f.ops or f.wire_read_bytes or f.wire_write_bytes
-    ]
+    moved = [(fid, f) for fid, f in m.files.items() if f.ops or f.wire_read_bytes or f.wire_write_bytes]
     keyf: Callable[[tuple[int, FileStats]], Any] = {
         "ops": lambda t: (t[1].ops, t[1].bytes),
         "bytes": lambda t: (t[1].bytes + t[1].wire_read_bytes + t[1].wire_write_bytes, t[1].ops),

@@ -10,7 +10,8 @@ PY := $(VENV)/bin/python
 SUITES ?= bullseye bookworm trixie
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3 python3-venv python3-pip \
 	qemu-system-x86 busybox-static kmod cpio nfs-kernel-server nfs-common rpcbind fio \
-	iproute2 procps ca-certificates make
+	iproute2 procps ca-certificates make \
+	prometheus tmux
 
 .PHONY: setup deps bpf venv demo test unit lab lint clean
 

@@ -98,7 +98,7 @@ class Agent:
 
     def _flags(self) -> int:
         f = R.CFG_F_EVENTS if self.cfg.slow_ms is not None else 0
-        if self.cfg.by == "process" or self.cfg.filter_pid is not None:
+        if self.cfg.by == "process" or self.cfg.filter_pid is not None or self.cfg.metrics_pid:
             f |= R.CFG_F_VFS_PID
         if self.cfg.filter_pid is not None:
             f |= R.CFG_F_FILTER_PID
@@ -150,7 +150,7 @@ class Agent:
             flags = self._flags()
             if tier == "tracefs" and _kernel_at_least(5, 12):
                 flags |= R.CFG_F_IDMAP_ARGS
-            slow_ns = int((self.cfg.slow_ms or 0) * 1e6)
+            slow_ns = round((self.cfg.slow_ms or 0) * 1e6)
             obj.set_rodata(
                 R.pack_config(
                     os.getpid(),
@@ -341,6 +341,14 @@ class Agent:
             paths=paths,
             probe_failures=self.probe_failures,
         )
+
+    def counter(self, name: str) -> int:
+        """One self-accounting counter, read straight from the kernel (cheap: one lookup)."""
+        if not self.objs:
+            return 0
+        m = self.objs[0].maps["counters"]
+        raw = m.lookup(R.U32.pack(R.COUNTERS.index(name)))
+        return sum(R.U64.unpack(s)[0] for s in m.percpu_slots(raw)) if raw else 0
 
     @property
     def cgroup_filter_ids(self) -> set[int]:

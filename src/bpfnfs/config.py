@@ -34,6 +34,15 @@ class Config:
     filter_cgroup: str | None = None  # path, absolute or below the cgroup2 root
     filter_mount: str | None = None
     filter_server: str | None = None
+    # Prometheus exporter (bpfnfs run --listen); see docs/metrics.md for the cardinality budget.
+    listen: str | None = None  # "HOST:PORT", ":PORT" or "PORT"; None: no HTTP server
+    quiet: bool = False  # no per-interval output (daemon mode)
+    compat_metrics: bool = False  # also the original bpfnfs's six per-file gauges
+    metrics_top_files: int = 10  # file series per mount
+    metrics_max_identities: int = 500  # (comm, cgroup[, pid]) series per mount before folding
+    metrics_pid: bool = False  # add the pid label to per-process series
+    # bpfnfs trace
+    trace_rpc: bool = False  # also slow RPCs, not only syscall-side ops
 
     def __post_init__(self) -> None:
         if not (0.05 <= self.interval <= 3600):
@@ -65,3 +74,33 @@ class Config:
             raise ConfigError(f"mount must be an absolute mount point path, got {self.filter_mount!r}")
         if self.filter_server is not None and not _HOST.match(self.filter_server):
             raise ConfigError(f"server must be a host name or IP address, got {self.filter_server!r}")
+        if self.listen is not None:
+            listen_address(self.listen)
+        if not (0 <= self.metrics_top_files <= 1000):
+            raise ConfigError(f"metrics-top-files must be between 0 and 1000, got {self.metrics_top_files}")
+        if not (1 <= self.metrics_max_identities <= 100000):
+            raise ConfigError(
+                f"metrics-max-identities must be between 1 and 100000, got {self.metrics_max_identities}"
+            )
+
+    @property
+    def listen_address(self) -> tuple[str, int] | None:
+        return listen_address(self.listen) if self.listen is not None else None
+
+
+DEFAULT_PORT = 9763  # bpfnfs's /metrics port (the original tool's :8080 collides with everything)
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """ "HOST:PORT", "[V6]:PORT", ":PORT" (all addresses) or "PORT" -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]")
+    if not port.isdigit() or not (1 <= int(port) <= 65535):
+        raise ConfigError(
+            f"listen must be HOST:PORT, :PORT or PORT with a port from 1 to 65535, got {text!r}"
+        )
+    if host and not _HOST.match(host):
+        raise ConfigError(f"listen: {host!r} is not a host name or IP address")
+    return host or "0.0.0.0", int(port)

@@ -36,11 +36,12 @@ EXPECTED_TIER = {"bullseye": "tracefs", "bookworm": "btf", "trixie": "btf"}
 def _guest_cmd(out: Path, late: bool) -> str:
     if late:
         return f"{VENV_PY} -m lab.check_cli --late --out {out}"
-    # Each check writes its own JSON; run all three even if one fails, report the first failure's rc.
+    # Each check writes its own JSON; run them all even if one fails, report the first failure's rc.
     return (
         f'rc=""; {VENV_PY} -m lab.check --out {out} || rc=$?; '
         f"{VENV_PY} -m lab.check_client --out {out} || rc=${{rc:-$?}}; "
-        f"{VENV_PY} -m lab.check_cli --out {out} || rc=${{rc:-$?}}; exit ${{rc:-0}}"
+        f"{VENV_PY} -m lab.check_cli --out {out} || rc=${{rc:-$?}}; "
+        f"{VENV_PY} -m lab.check_views --out {out} || rc=${{rc:-$?}}; exit ${{rc:-0}}"
     )
 
 
@@ -113,6 +114,25 @@ def test_client_picture(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> No
     assert not bad, f"{suite} ({r['kernel']}, tier {r['tier']}): {len(bad)} failed: {bad[:10]}"
     names = " ".join(x["check"] for x in r["checks"])
     for what in ("WRITE bytes billed", "ESTALE", "timeouts equal", "lru(big)", "lru(small)", "top-5 files"):
+        assert what in names, f"scenario missing: {what}"
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_operator_views(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
+    """Prometheus scraping bpfnfs vs mountstats, the dashboard's queries, promtool, compat
+    series, `bpfnfs trace` on slow ops (netem), `bpfnfs top` in tmux (lab.check_views)."""
+    r = _load(OUT / suite / "views.json")
+    bad = [x for x in r["checks"] if not x["ok"]]
+    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}"
+    names = " ".join(x["check"] for x in r["checks"])
+    for what in (
+        "mountstats deltas",
+        "dashboard query",
+        "promtool",
+        "exactly the ops",
+        "compat series",
+        "top",
+    ):
         assert what in names, f"scenario missing: {what}"
 
 

@@ -87,6 +87,7 @@ def fake_tracefs(
         ("loff_t", "offset", 24, 8),
     ]
     _event(root, "nfs", "nfs_initiate_read", [*loc, ("u32", "count", 32, 4)])
+    _event(root, "nfs", "nfs_initiate_write", [*loc, ("u32", "count", 32, 4), ("int", "stable", 36, 4)])
     _event(root, "nfs", "nfs_commit_done", [*loc, ("int", status, 32, 4)])
     xdr = [("unsigned int", "task_id", 8, 4), ("unsigned int", "client_id", 12, 4), ("u32", "xid", 16, 4)]
     _event(

@@ -133,6 +133,14 @@ struct {
 	__type(value, struct task_ident);
 } read_tags SEC(".maps");
 
+/* READ/WRITE RPCs in flight: initiate time, for the per-file RPC latency. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct read_tag);
+	__type(value, __u64);
+} pgio_start SEC(".maps");
+
 /* --cgroup: the cgroup and its descendants, kept current by user space. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -150,7 +158,8 @@ static struct owner_val zero_owner_val;
 
 /* Defined with the attribution programs below; the tier programs call them. */
 static __always_inline void read_done_owner(__u32 dev, __u64 fileid, __s64 offset, __u32 count_);
-static __always_inline void write_done_owner(__u32 dev, __u64 fileid, __u32 count_, bool commit);
+static __always_inline void write_done_owner(__u32 dev, __u64 fileid, __s64 offset, __u32 count_,
+					     bool commit);
 
 static __always_inline void count(__u32 idx)
 {
@@ -444,7 +453,7 @@ int BPF_PROG(btf_nfs_writeback_done, const struct rpc_task *task, const struct n
 	struct inode *inode = hdr->inode;
 
 	server_bytes(inode->i_sb->s_dev, hdr->res.count, true);
-	write_done_owner(inode->i_sb->s_dev, inode->i_ino, hdr->res.count, false);
+	write_done_owner(inode->i_sb->s_dev, inode->i_ino, hdr->args.offset, hdr->res.count, false);
 	return 0;
 }
 
@@ -652,7 +661,8 @@ int tp_nfs_writeback_done(void *ctx)
 	__u32 dev = ctx_u32(ctx, cfg.off.wb_dev), n = ctx_u32(ctx, cfg.off.wb_res_count);
 
 	server_bytes(dev, n, true);
-	write_done_owner(dev, ctx_u64(ctx, cfg.off.wb_fileid), n, false);
+	write_done_owner(dev, ctx_u64(ctx, cfg.off.wb_fileid), ctx_u64(ctx, cfg.off.wb_offset), n,
+			 false);
 	return 0;
 }
 
@@ -1261,6 +1271,33 @@ static __always_inline struct owner_val *owner_get(__u32 dev, const struct task_
 	return v;
 }
 
+/* READ/WRITE RPCs are keyed (dev, fileid, offset) from initiate to done: the
+ * done tracepoints run in rpciod or a kworker, so only the request identifies them. */
+static __always_inline void pgio_begin(__u32 dev, __u64 fileid, __s64 offset, __u32 write)
+{
+	struct read_tag t = { .dev = dev, ._pad = write, .fileid = fileid, .offset = offset };
+	__u64 now = bpf_ktime_get_ns();
+
+	bpf_map_update_elem(&pgio_start, &t, &now, BPF_ANY);
+}
+
+/* Time since the matching initiate, 0 if there was none (a short READ or WRITE
+ * is resent from its new offset without a new initiate). */
+static __always_inline __u64 pgio_end(__u32 dev, __u64 fileid, __s64 offset, __u32 write)
+{
+	struct read_tag t = { .dev = dev, ._pad = write, .fileid = fileid, .offset = offset };
+	__u64 *start = bpf_map_lookup_elem(&pgio_start, &t);
+	__u64 lat;
+
+	if (!start) {
+		count(CNT_PGIO_UNMATCHED);
+		return 0;
+	}
+	lat = bpf_ktime_get_ns() - *start;
+	bpf_map_delete_elem(&pgio_start, &t);
+	return lat;
+}
+
 /* nfs_initiate_read runs in the task that needs the data (readahead included). */
 SEC("tracepoint/nfs/nfs_initiate_read")
 int tp_nfs_initiate_read(void *ctx)
@@ -1273,6 +1310,15 @@ int tp_nfs_initiate_read(void *ctx)
 	t.offset = ctx_u64(ctx, cfg.off.ir_offset);
 	current_ident(&id);
 	bpf_map_update_elem(&read_tags, &t, &id, BPF_ANY);
+	pgio_begin(t.dev, t.fileid, t.offset, 0);
+	return 0;
+}
+
+SEC("tracepoint/nfs/nfs_initiate_write")
+int tp_nfs_initiate_write(void *ctx)
+{
+	pgio_begin(ctx_u32(ctx, cfg.off.iw_dev), ctx_u64(ctx, cfg.off.iw_fileid),
+		   ctx_u64(ctx, cfg.off.iw_offset), 1);
 	return 0;
 }
 
@@ -1284,6 +1330,7 @@ static __always_inline void read_done_owner(__u32 dev, __u64 fileid, __s64 offse
 	struct task_ident copy;
 	struct file_key fk = { .dev = dev, .fileid = fileid };
 	struct file_val *fv;
+	__u64 lat = pgio_end(dev, fileid, offset, 0);
 
 	if (id) {
 		copy = *id;
@@ -1298,18 +1345,28 @@ static __always_inline void read_done_owner(__u32 dev, __u64 fileid, __s64 offse
 		v->read_bytes += count_;
 	}
 	fv = bpf_map_lookup_elem(&files, &fk);
-	if (fv)
+	if (fv) {
 		__sync_fetch_and_add(&fv->wire_read_bytes, count_);
+		__sync_fetch_and_add(&fv->wire_reads, 1);
+		__sync_fetch_and_add(&fv->wire_read_ns, lat);
+	}
 }
 
-static __always_inline void write_done_owner(__u32 dev, __u64 fileid, __u32 count_, bool commit)
+static __always_inline void write_done_owner(__u32 dev, __u64 fileid, __s64 offset, __u32 count_,
+					     bool commit)
 {
 	struct file_key fk = { .dev = dev, .fileid = fileid };
 	struct file_val *fv = bpf_map_lookup_elem(&files, &fk);
 	struct task_ident id = {};
 	struct owner_val *v;
 	bool mixed = false;
+	__u64 lat = commit ? 0 : pgio_end(dev, fileid, offset, 1);
 
+	if (fv && !commit) {
+		__sync_fetch_and_add(&fv->wire_write_bytes, count_);
+		__sync_fetch_and_add(&fv->wire_writes, 1);
+		__sync_fetch_and_add(&fv->wire_write_ns, lat);
+	}
 	if (fv && fv->dirtier_cgroup) {
 		id.cgroup_id = fv->dirtier_cgroup;
 		id.pid = fv->dirtier_pid;
@@ -1317,8 +1374,6 @@ static __always_inline void write_done_owner(__u32 dev, __u64 fileid, __u32 coun
 		mixed = fv->flags & FILE_F_MIXED;
 		if (commit)
 			fv->flags &= ~FILE_F_MIXED;
-		else
-			__sync_fetch_and_add(&fv->wire_write_bytes, count_);
 		v = owner_get(dev, &id);
 	} else {
 		count(CNT_UNATTRIBUTED_WRITES);
@@ -1339,7 +1394,7 @@ static __always_inline void write_done_owner(__u32 dev, __u64 fileid, __u32 coun
 SEC("tracepoint/nfs/nfs_commit_done")
 int tp_nfs_commit_done(void *ctx)
 {
-	write_done_owner(ctx_u32(ctx, cfg.off.cd_dev), ctx_u64(ctx, cfg.off.cd_fileid), 0, true);
+	write_done_owner(ctx_u32(ctx, cfg.off.cd_dev), ctx_u64(ctx, cfg.off.cd_fileid), 0, 0, true);
 	return 0;
 }
 

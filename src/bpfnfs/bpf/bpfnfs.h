@@ -128,6 +128,10 @@ struct file_val {
 	__u64 latency_ns;             /* sum over all syscall-side ops */
 	__u64 wire_read_bytes;        /* READ RPC payload (nfs_readpage_done res.count) */
 	__u64 wire_write_bytes;       /* WRITE RPC payload (nfs_writeback_done res.count) */
+	__u64 wire_reads;             /* READ RPCs completed (nfs_readpage_done) */
+	__u64 wire_writes;            /* WRITE RPCs completed (nfs_writeback_done) */
+	__u64 wire_read_ns;           /* sum of nfs_initiate_read -> nfs_readpage_done */
+	__u64 wire_write_ns;          /* sum of nfs_initiate_write -> nfs_writeback_done */
 	/* who dirtied the pages last: async writeback is billed to them */
 	__u64 dirtier_cgroup;
 	__u32 dirtier_pid;
@@ -154,7 +158,8 @@ struct owner_val {
 	__u64 ambiguous_write_bytes;  /* written for a file with several dirtiers (FILE_F_MIXED) */
 };
 
-/* Identity of a reader, from nfs_initiate_read to nfs_readpage_done. */
+/* Identity of a reader, from nfs_initiate_read to nfs_readpage_done; also the
+ * key of a READ or WRITE in flight (_pad: 0 read, 1 write) for its latency. */
 struct read_tag {
 	__u32 dev;
 	__u32 _pad;
@@ -202,6 +207,7 @@ enum bpfnfs_counter {
 	CNT_UNATTRIBUTED_WRITES,      /* WRITE/COMMIT for a file no longer (or never) in the LRU */
 	CNT_UNATTRIBUTED_READS,       /* READ completion without its initiate */
 	CNT_FILTERED,                 /* syscall-side ops skipped by --pid/--comm/--cgroup */
+	CNT_PGIO_UNMATCHED,           /* READ/WRITE completion without its initiate (no latency) */
 	CNT_MAX,
 };
 
@@ -262,13 +268,15 @@ struct tp_offsets {
 	__u16 te_task_id, te_client_id, te_status;
 	/* nfs:nfs_readpage_done / nfs:nfs_writeback_done */
 	__u16 rd_dev, rd_res_count, wb_dev, wb_res_count;
-	__u16 rd_fileid, rd_offset, wb_fileid, _pad0;
+	__u16 rd_fileid, rd_offset, wb_fileid, wb_offset;
 	/* nfs:nfs_initiate_read, nfs:nfs_commit_done (both tiers) */
 	__u16 ir_dev, ir_fileid, ir_offset, cd_dev, cd_fileid;
 	/* nfs:nfs_xdr_status, nfs4:nfs4_xdr_status (both tiers) */
 	__u16 xs_client_id, xs_version, xs_error, xs_procedure;
 	__u16 x4_client_id, x4_op, x4_error;
-	__u16 _pad[4];
+	/* nfs:nfs_initiate_write (both tiers) */
+	__u16 iw_dev, iw_fileid, iw_offset;
+	__u16 _pad[1];
 };
 
 struct bpfnfs_config {

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
+import io
 import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -23,13 +27,17 @@ from bpfnfs.collect.views import (
     mount_dict,
     vfs_dict,
 )
-from bpfnfs.config import BY, SORT, Config, ConfigError
+from bpfnfs.config import BY, DEFAULT_PORT, SORT, Config, ConfigError
+from bpfnfs.export.exporter import Exporter
+from bpfnfs.export.http import ExportError
 from bpfnfs.loader.libbpf import LibbpfError
 from bpfnfs.loader.object import LoadError
 from bpfnfs.probes.system import RequirementError
 from bpfnfs.probes.tiers import TierError
 
 EXIT_USAGE = 2
+# Failures that get one line on stderr and exit status 2.
+FATAL = (RequirementError, LibbpfError, LoadError, TierError, LayoutError, ConfigError, ExportError)
 # Self-accounting counters that mean something was lost: shown under the table when non-zero.
 LOSS_COUNTERS = (
     "ringbuf_drops",
@@ -67,30 +75,41 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bpfnfs",
-        description="Per mount and NFS operation: what every NFS client on this host does and how long it "
-        "takes, exact to the kernel's own counters (run as root).",
-    )
-    p.add_argument("--version", action="version", version=f"bpfnfs {__version__}")
+COMMANDS = {
+    "run": "the agent: a report per interval (table or --json), and /metrics with --listen",
+    "stat": "nfsiostat-style report per mount and op every interval (no exporter)",
+    "top": "live full-screen view: mounts, ops, processes, cgroups, files",
+    "trace": "one line per slow operation (like nfsslower), or --json lines",
+}
+
+
+def _duration_ms(text: str) -> float:
+    """ "10ms", "1.5s", "500us", "250000ns" or a bare number of milliseconds."""
+    t = text.strip().lower()
+    for suffix, scale in (("ns", 1e-6), ("us", 1e-3), ("µs", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if t.endswith(suffix):
+            t, mult = t[: -len(suffix)], scale
+            break
+    else:
+        mult = 1.0
+    try:
+        v = float(t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration (e.g. 10ms, 1.5s, 500us): {text!r}") from None
+    if not v >= 0 or v > 3_600_000:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1h: {text!r}")
+    return v
+
+
+def _common(p: argparse.ArgumentParser, interval_help: str = "seconds between reports (default 1)") -> None:
     p.add_argument(
         "-i",
         "--interval",
         type=_positive_float,
         default=1.0,
         metavar="SECONDS",
-        help="seconds between reports (default 1)",
+        help=interval_help,
     )
-    p.add_argument(
-        "-c",
-        "--count",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="stop after N reports (default: until Ctrl-C)",
-    )
-    p.add_argument("--json", action="store_true", help="one JSON document per interval on stdout")
     p.add_argument(
         "--tier",
         choices=("auto", "btf", "tracefs"),
@@ -98,23 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="hook tier: btf (module BTF: tp_btf+fexit) or tracefs (tracepoint offsets+kprobes); "
         "default: auto",
     )
-    p.add_argument("-a", "--all-ops", action="store_true", help="table: list every op, not only active ones")
     p.add_argument(
         "--proc",
         default="/proc",
         metavar="DIR",
         help="procfs to read mountinfo from (a host /proc mounted in a container)",
     )
-    v = p.add_argument_group("views")
-    v.add_argument(
-        "--by",
-        choices=BY,
-        default="mount",
-        help="group by mount (RPC ops, default), op (syscall-side ops), process, cgroup or file",
-    )
-    v.add_argument("--top", type=_positive_int, default=20, metavar="N", help="files per mount in --by file")
-    v.add_argument("--sort", choices=SORT, default="ops", help="order of --by file (default: ops)")
-    v.add_argument(
+    p.add_argument(
         "--max-files",
         type=_positive_int,
         default=131072,
@@ -124,39 +133,154 @@ def build_parser() -> argparse.ArgumentParser:
     f = p.add_argument_group("filters (syscall side and attribution in the kernel; mounts in user space)")
     f.add_argument("--pid", type=_positive_int, default=None, help="only this process")
     f.add_argument("--comm", default=None, help="only processes with this command name (up to 15 bytes)")
-    f.add_argument(
-        "--cgroup", default=None, metavar="PATH", help="only this cgroup v2 and below it (path)"
-    )
+    f.add_argument("--cgroup", default=None, metavar="PATH", help="only this cgroup v2 and below it (path)")
     f.add_argument("--mount", default=None, metavar="PATH", help="only this mount point")
     f.add_argument("--server", default=None, metavar="HOST", help="only mounts of this NFS server")
+
+
+def _views(p: argparse.ArgumentParser, report: bool) -> None:
+    v = p.add_argument_group("views")
+    v.add_argument(
+        "--by",
+        choices=BY,
+        default="mount",
+        help="group by mount (RPC ops, default), op (syscall-side ops), process, cgroup or file",
+    )
+    v.add_argument("--top", type=_positive_int, default=20, metavar="N", help="files per mount in --by file")
+    v.add_argument("--sort", choices=SORT, default="ops", help="order of rows (default: ops)")
+    if report:
+        v.add_argument(
+            "-c",
+            "--count",
+            type=_positive_int,
+            default=None,
+            metavar="N",
+            help="stop after N reports (default: until Ctrl-C)",
+        )
+        v.add_argument("--json", action="store_true", help="one JSON document per interval on stdout")
+        v.add_argument(
+            "-a", "--all-ops", action="store_true", help="table: list every op, not only active ones"
+        )
+
+
+def _exporter(p: argparse.ArgumentParser) -> None:
+    e = p.add_argument_group("Prometheus exporter (docs/metrics.md)")
+    e.add_argument(
+        "--listen",
+        nargs="?",
+        const=f":{DEFAULT_PORT}",
+        default=None,
+        metavar="[HOST]:PORT",
+        help=f"serve /metrics, /healthz and /readyz (default address :{DEFAULT_PORT} when given bare)",
+    )
+    e.add_argument("-q", "--quiet", action="store_true", help="no per-interval output (with --listen)")
+    e.add_argument(
+        "--compat-bpfnfs-metrics",
+        action="store_true",
+        help="also export the original bpfnfs's six per-file series (nfs_read_count, ...)",
+    )
+    e.add_argument(
+        "--metrics-top-files",
+        type=int,
+        default=10,
+        metavar="N",
+        help="file series per mount, the busiest recently (default 10, 0: none)",
+    )
+    e.add_argument(
+        "--metrics-max-identities",
+        type=_positive_int,
+        default=500,
+        metavar="N",
+        help="(comm, cgroup) series per mount; more are folded into comm=cgroup=_other (default 500)",
+    )
+    e.add_argument("--metrics-pid", action="store_true", help="add a pid label to per-process series")
+
+
+def build_parser(command: str = "run") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bpfnfs" if command == "run" else f"bpfnfs {command}",
+        description="Per mount and NFS operation: what every NFS client on this host does and how long it "
+        "takes, exact to the kernel's own counters (run as root). Commands: "
+        + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items())
+        + ". Without a command: run.",
+    )
+    p.add_argument("--version", action="version", version=f"bpfnfs {__version__}")
+    if command == "trace":
+        _common(p, "seconds between mount refreshes (default 1)")
+        t = p.add_argument_group("trace")
+        t.add_argument(
+            "-m",
+            "--min-latency",
+            type=_duration_ms,
+            default=10.0,
+            metavar="DURATION",
+            help="print operations at least this slow: 10ms (default), 1.5s, 500us, 0 for all",
+        )
+        t.add_argument("--json", action="store_true", help="one JSON object per line")
+        t.add_argument("--rpc", action="store_true", help="also slow RPCs (queue, RTT and execute times)")
+        t.add_argument(
+            "-c", "--count", type=_positive_int, default=None, metavar="N", help="stop after N lines"
+        )
+        t.add_argument(
+            "-d", "--duration", type=_positive_float, default=None, metavar="SECONDS", help="stop after"
+        )
+        return p
+    _common(p)
+    _views(p, report=command != "top")
+    if command == "run":
+        _exporter(p)
+    if command == "stat":  # nfsiostat's own form: bpfnfs stat [interval [count]]
+        p.add_argument("pos_interval", nargs="?", type=_positive_float, metavar="interval")
+        p.add_argument("pos_count", nargs="?", type=_positive_int, metavar="count")
     return p
 
 
-def parse_config(argv: list[str]) -> Config:
-    if argv and argv[0] == "run":
-        argv = argv[1:]
-    ns = build_parser().parse_args(argv)
+def parse_args(argv: list[str]) -> tuple[str, Config, argparse.Namespace]:
+    command = "run"
+    if argv and argv[0] in COMMANDS:
+        command, argv = argv[0], argv[1:]
+    parser = build_parser(command)
+    ns = parser.parse_args(argv)
+    if getattr(ns, "pos_interval", None) is not None:
+        ns.interval = ns.pos_interval
+    if getattr(ns, "pos_count", None) is not None:
+        ns.count = ns.pos_count
     try:
-        return Config(
+        cfg = Config(
             interval=ns.interval,
-            count=ns.count,
-            json=ns.json,
+            count=ns.count if command != "top" else None,
+            json=getattr(ns, "json", False),
             tier=ns.tier,
-            all_ops=ns.all_ops,
+            all_ops=getattr(ns, "all_ops", False),
             proc=ns.proc,
-            by=ns.by,
-            top=ns.top,
-            sort=ns.sort,
+            by=getattr(ns, "by", "mount"),
+            top=getattr(ns, "top", 20),
+            sort=getattr(ns, "sort", "ops"),
             max_files=ns.max_files,
             filter_pid=ns.pid,
             filter_comm=ns.comm,
             filter_cgroup=ns.cgroup,
             filter_mount=ns.mount.rstrip("/") or "/" if ns.mount else None,
             filter_server=ns.server,
+            listen=getattr(ns, "listen", None),
+            quiet=getattr(ns, "quiet", False),
+            compat_metrics=getattr(ns, "compat_bpfnfs_metrics", False),
+            metrics_top_files=getattr(ns, "metrics_top_files", 10),
+            metrics_max_identities=getattr(ns, "metrics_max_identities", 500),
+            metrics_pid=getattr(ns, "metrics_pid", False),
+            slow_ms=ns.min_latency if command == "trace" else None,
+            trace_rpc=getattr(ns, "rpc", False),
         )
     except ConfigError as e:
-        build_parser().error(str(e))
+        parser.error(str(e))
         raise  # unreachable: error() exits
+    if cfg.quiet and cfg.listen is None:
+        parser.error("--quiet needs --listen (otherwise bpfnfs would show nothing)")
+    return command, cfg, ns
+
+
+def parse_config(argv: list[str]) -> Config:
+    return parse_args(argv)[1]
 
 
 def _selected(cfg: Config, mounts: list[MountReport]) -> list[MountReport]:
@@ -264,40 +388,81 @@ def _emit(cfg: Config, agent: Agent, rep: Report, prev: Report | None) -> None:
 
 
 def run(cfg: Config) -> int:
+    """`bpfnfs run` and `bpfnfs stat`: a report per interval, and the exporter with --listen."""
     agent = Agent(cfg)
+    exporter: Exporter | None = None
 
     def on_term(_sig: int, _frame: FrameType | None) -> None:
         raise _Terminate
 
     signal.signal(signal.SIGTERM, on_term)
     try:
+        if cfg.listen is not None:
+            exporter = Exporter(cfg, agent)  # first: a taken port fails before anything loads
         agent.preflight()
-        prev = agent.collect()
+        if exporter is not None:
+            exporter.start()
+            stderr_log(f"serving /metrics, /healthz and /readyz on {cfg.listen}")
+
+        def collect() -> Report | None:
+            t0 = time.monotonic()
+            rep = agent.collect()
+            if exporter is not None:
+                seconds = rep.snapshot.taken - prev.snapshot.taken if rep and prev else cfg.interval
+                exporter.update(rep, seconds, time.monotonic() - t0)
+            return rep
+
+        prev: Report | None = None
+        prev = collect()
         reports = 0
         next_tick = time.monotonic() + cfg.interval
         while cfg.count is None or reports < cfg.count:
             time.sleep(max(0.0, next_tick - time.monotonic()))
             next_tick += cfg.interval
-            rep = agent.collect()
+            rep = collect()
             if rep is None:
                 continue
-            _emit(cfg, agent, rep, prev)
+            if not cfg.quiet:
+                _emit(cfg, agent, rep, prev)
             prev = rep
             reports += 1
     except (KeyboardInterrupt, _Terminate):
         pass
-    except (RequirementError, LibbpfError, LoadError, TierError, LayoutError, ConfigError) as e:
+    except FATAL as e:
         stderr_log(f"error: {e}")
         return EXIT_USAGE
     except BrokenPipeError:
         pass
     finally:
+        if exporter is not None:
+            exporter.close()
         agent.close()
     return 0
 
 
+def _guarded(fn: Callable[[], int]) -> int:
+    try:
+        return fn()
+    except FATAL as e:
+        stderr_log(f"error: {e}")
+        return EXIT_USAGE
+    except (KeyboardInterrupt, BrokenPipeError):
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    command, cfg, ns = parse_args(sys.argv[1:] if argv is None else argv)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: for a stuck agent in the field.
+    with contextlib.suppress(io.UnsupportedOperation, ValueError, RuntimeError):  # stderr without a fd
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if command == "top":
+        from bpfnfs.cli.top import run_top
+
+        return _guarded(lambda: run_top(cfg))
+    if command == "trace":
+        from bpfnfs.cli.trace import run_trace
+
+        return _guarded(lambda: run_trace(cfg, duration=ns.duration))
     return run(cfg)
 
 

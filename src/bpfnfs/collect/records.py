@@ -62,6 +62,10 @@ FILE_VAL_COUNTERS = (
     "latency_ns",
     "wire_read_bytes",
     "wire_write_bytes",
+    "wire_reads",
+    "wire_writes",
+    "wire_read_ns",
+    "wire_write_ns",
 )
 FILE_VAL = struct.Struct(f"<{len(FILE_VAL_COUNTERS)}QQII{COMM_LEN}s")
 FILE_F_NAMED, FILE_F_MIXED = 1, 2
@@ -94,6 +98,7 @@ COUNTERS = (
     "unattributed_writes",
     "unattributed_reads",
     "filtered",
+    "pgio_unmatched",
 )
 
 # struct tp_offsets field order (40 u16; names starting with _ are padding).
@@ -121,7 +126,7 @@ TP_OFFSET_FIELDS = (
     "rd_fileid",
     "rd_offset",
     "wb_fileid",
-    "_pad0",
+    "wb_offset",
     "ir_dev",
     "ir_fileid",
     "ir_offset",
@@ -134,6 +139,9 @@ TP_OFFSET_FIELDS = (
     "x4_client_id",
     "x4_op",
     "x4_error",
+    "iw_dev",
+    "iw_fileid",
+    "iw_offset",
 )
 TP_OFFSETS_LEN = 40
 CONFIG = struct.Struct(f"<IIQII{COMM_LEN}s{TP_OFFSETS_LEN}H")
@@ -163,6 +171,7 @@ LAYOUTS: dict[str, tuple[int, int]] = {
     "owners": (OWNER_KEY.size, OWNER_VAL.size),
     "errors": (ERR_KEY.size, U64.size),
     "cgroup_filter": (U64.size, 1),
+    "pgio_start": (struct.calcsize("<IIQq"), U64.size),
 }
 
 

@@ -142,6 +142,10 @@ class FileStats(FieldArith):
     latency_ns: int = 0
     wire_read_bytes: int = 0
     wire_write_bytes: int = 0
+    wire_reads: int = 0  # READ RPCs completed
+    wire_writes: int = 0  # WRITE RPCs completed
+    wire_read_ns: int = 0  # sum of initiate -> done over those
+    wire_write_ns: int = 0
 
     @property
     def ops(self) -> int:

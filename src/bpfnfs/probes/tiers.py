@@ -58,6 +58,7 @@ TRACEFS_PROGRAMS: dict[str, str] = {
 COMMON_PROGRAMS: dict[str, str] = {
     "tp_rpc_request": "sunrpc",
     "tp_nfs_initiate_read": "nfs",
+    "tp_nfs_initiate_write": "nfs",
     "tp_nfs_commit_done": "nfs",
     "tp_nfs_xdr_status": "nfs",
     "tp_nfs4_xdr_status": "nfsv4",
@@ -95,6 +96,7 @@ TRACEFS_FIELDS: tuple[tuple[str, str, str, tuple[str, ...], int], ...] = (
     ("wb_dev", "nfs", "nfs_writeback_done", ("dev",), _SCALAR),
     ("wb_res_count", "nfs", "nfs_writeback_done", ("res_count",), _SCALAR),
     ("wb_fileid", "nfs", "nfs_writeback_done", ("fileid",), _LONG),
+    ("wb_offset", "nfs", "nfs_writeback_done", ("offset",), _LONG),
 )
 COMMON_FIELDS: tuple[tuple[str, str, str, tuple[str, ...], int], ...] = (
     ("rq_task_id", "sunrpc", "rpc_request", ("task_id",), _SCALAR),
@@ -106,6 +108,9 @@ COMMON_FIELDS: tuple[tuple[str, str, str, tuple[str, ...], int], ...] = (
     ("ir_offset", "nfs", "nfs_initiate_read", ("offset",), _LONG),
     ("cd_dev", "nfs", "nfs_commit_done", ("dev",), _SCALAR),
     ("cd_fileid", "nfs", "nfs_commit_done", ("fileid",), _LONG),
+    ("iw_dev", "nfs", "nfs_initiate_write", ("dev",), _SCALAR),
+    ("iw_fileid", "nfs", "nfs_initiate_write", ("fileid",), _LONG),
+    ("iw_offset", "nfs", "nfs_initiate_write", ("offset",), _LONG),
     ("xs_client_id", "nfs", "nfs_xdr_status", ("client_id",), _SCALAR),
     ("xs_version", "nfs", "nfs_xdr_status", ("version",), _SCALAR),
     ("xs_error", "nfs", "nfs_xdr_status", ("error",), _LONG),

@@ -1,0 +1,228 @@
+"""`bpfnfs trace --min-latency 10ms`: one line per slow operation, like nfsslower.
+
+The kernel decides what is slow (config slow_ns) and sends only those records
+through the ring buffer; the agent's drain thread collects them in batches,
+and this loop prints them every DRAIN_PERIOD. Nothing runs per event unless
+the event is printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bpfnfs.agent import DRAIN_PERIOD, Agent, stderr_log
+from bpfnfs.collect import records as R
+from bpfnfs.collect.errnames import errno_name
+from bpfnfs.collect.snapshot import read_snapshot
+from bpfnfs.collect.views import build_report
+from bpfnfs.config import Config
+from bpfnfs.enrich.mounts import NfsMount, client_transports
+
+HEADER = f"{'TIME':<12} {'COMM':<16} {'PID':>7} {'OP':<12} {'LAT(ms)':>10} {'BYTES':>9} {'ERRNO':<10} FILE"
+
+
+@dataclass(frozen=True)
+class SlowOp:
+    """One decoded op_event."""
+
+    wall: float  # seconds since the epoch
+    kind: str  # "vfs" | "rpc"
+    comm: str
+    pid: int
+    tid: int
+    op: str
+    latency_ns: int
+    bytes: int
+    errno: str | None
+    mount: str | None
+    file: str | None
+    fileid: int
+    dev: int
+    cgroup_id: int
+    queue_ns: int
+    rtt_ns: int
+    xid: int
+    task_id: int
+
+    def line(self) -> str:
+        t = datetime.fromtimestamp(self.wall).strftime("%H:%M:%S.%f")[:12]
+        where = self.file or (f"{self.mount} fileid {self.fileid}" if self.fileid else self.mount or "?")
+        nbytes = str(self.bytes) if self.kind == "vfs" and self.op in ("read", "write") else "-"
+        return (
+            f"{t:<12} {self.comm[:16]:<16} {self.pid:>7} {self.op[:12]:<12} {self.latency_ns / 1e6:>10.3f} "
+            f"{nbytes:>9} {self.errno or '-':<10} {where}"
+        )
+
+    def as_dict(self, cgroup: str | None) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "time": datetime.fromtimestamp(self.wall).astimezone().isoformat(timespec="microseconds"),
+            "kind": self.kind,
+            "comm": self.comm,
+            "pid": self.pid,
+            "tid": self.tid,
+            "op": self.op,
+            "latency_ms": round(self.latency_ns / 1e6, 6),
+            "bytes": self.bytes,
+            "errno": self.errno,
+            "mount": self.mount,
+            "file": self.file,
+            "fileid": self.fileid or None,
+            "cgroup_id": self.cgroup_id,
+            "cgroup": cgroup,
+        }
+        if self.kind == "rpc":
+            d.update(
+                queue_ms=round(self.queue_ns / 1e6, 6),
+                rtt_ms=round(self.rtt_ns / 1e6, 6),
+                xid=f"0x{self.xid:08x}",
+                task_id=self.task_id,
+            )
+        return d
+
+
+class _Terminate(Exception):
+    pass
+
+
+class Tracer:
+    def __init__(self, agent: Agent, cfg: Config) -> None:
+        self.agent = agent
+        self.cfg = cfg
+        self.clid_mount: dict[int, str] = {}
+        self.printed = 0
+        self.skipped = 0
+
+    def _mount_of_dev(self, dev: int, mounts: list[NfsMount]) -> NfsMount | None:
+        for nm in mounts:
+            if nm.mount.dev == dev:
+                return nm
+        return None
+
+    def _wanted(self, nm: NfsMount | None, mount_point: str | None) -> bool:
+        cfg = self.cfg
+        if cfg.filter_mount and mount_point != cfg.filter_mount:
+            return False
+        if cfg.filter_server:
+            server = nm.mount.server if nm else None
+            return server in (cfg.filter_server, f"[{cfg.filter_server}]")
+        return True
+
+    def refresh_clients(self) -> None:
+        """clid -> mount point, for slow RPCs (the kernel's rpc_clnt of each superblock)."""
+        obj = self.agent.obj
+        if obj is None:
+            return
+        snap = read_snapshot(obj.maps)
+        need = any(not c.parent_known for c in snap.clients.values())
+        rep = build_report(snap, self.agent.mounts.nfs_list(), client_transports() if need else None)
+        self.clid_mount = {clid: m.mount_point for m in rep.mounts for clid in m.clients[:1]}
+
+    def decode(self, ev: tuple[Any, ...], mounts: list[NfsMount], offset_ns: int) -> SlowOp | None:
+        (ts, lat, queue, rtt, cg, fileid, nbytes, pid, tid, dev, clid, task_id, xid, status, kind, vers) = ev[
+            :16
+        ]
+        comm, proc = R.cstr(ev[16]), R.cstr(ev[17])
+        wall = (ts + offset_ns) / 1e9
+        err = errno_name(-status) if status < 0 else None
+        if kind == R.OP_VFS:
+            nm = self._mount_of_dev(dev, mounts)
+            mp = nm.mount.mount_point if nm else None
+            if not self._wanted(nm, mp):
+                return None
+            path = None
+            sb = self.agent.paths.get((dev, fileid))
+            if nm is not None and sb is not None:
+                root = (nm.mount.root or "/").rstrip("/")
+                rel = (
+                    sb[0][len(root) :] if not root or sb[0].startswith(root + "/") or sb[0] == root else None
+                )
+                if rel is not None:
+                    path = mp.rstrip("/") + rel if rel not in ("", "/") else mp
+            op = R.VFS_OPS[vers] if vers < len(R.VFS_OPS) else f"op{vers}"
+            return SlowOp(
+                wall, "vfs", comm, pid, tid, op, lat, nbytes, err, mp, path, fileid, dev, cg, 0, 0, 0, 0
+            )
+        if kind == R.OP_RPC and self.cfg.trace_rpc:
+            mp = self.clid_mount.get(clid)
+            nm = next((n for n in mounts if n.mount.mount_point == mp), None)
+            if not self._wanted(nm, mp):
+                return None
+            # The RPC completes in rpciod; the pid is the task's owner, so name it from /proc.
+            with contextlib.suppress(OSError):
+                comm = Path(f"{self.cfg.proc}/{pid}/comm").read_text().strip() or comm
+            return SlowOp(
+                wall, "rpc", comm, pid, tid, proc, lat, 0, err, mp, None, 0, 0, cg, queue, rtt, xid, task_id
+            )
+        return None
+
+
+def run_trace(cfg: Config, duration: float | None = None, agent_factory: type[Agent] = Agent) -> int:
+    agent = agent_factory(cfg)
+    tracer = Tracer(agent, cfg)
+
+    def on_term(_sig: int, _frame: FrameType | None) -> None:
+        raise _Terminate
+
+    signal.signal(signal.SIGTERM, on_term)
+    start = time.monotonic()
+    last_drops = 0
+    try:
+        agent.preflight()
+        threshold = f"{cfg.slow_ms:g} ms" if cfg.slow_ms else "every operation"
+        stderr_log(f"tracing NFS operations slower than {threshold}; Ctrl-C to stop")
+        header_done = False
+        next_refresh = 0.0
+        while True:
+            now = time.monotonic()
+            if duration is not None and now - start >= duration:
+                break
+            if now >= next_refresh:
+                next_refresh = now + cfg.interval
+                if agent.try_attach():
+                    agent.refresh_mounts()
+                    if cfg.trace_rpc:
+                        tracer.refresh_clients()
+                    drops = agent.counter("ringbuf_drops")
+                    if drops > last_drops:
+                        stderr_log(f"warning: {drops - last_drops} slow-op records lost (ring buffer full)")
+                        last_drops = drops
+            if not header_done and agent.obj is not None and not cfg.json:
+                print(HEADER, flush=True)
+                header_done = True
+            time.sleep(DRAIN_PERIOD)
+            agent.drain()
+            mounts = agent.mounts.nfs_list()
+            offset_ns = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
+            out = []
+            while agent.events:
+                op = tracer.decode(agent.events.popleft(), mounts, offset_ns)
+                if op is None:
+                    continue
+                if cfg.json:
+                    out.append(
+                        json.dumps(op.as_dict(agent.cgroups.path(op.cgroup_id)), separators=(",", ":"))
+                    )
+                else:
+                    out.append(op.line())
+                tracer.printed += 1
+                if cfg.count is not None and tracer.printed >= cfg.count:
+                    break
+            if out:
+                print("\n".join(out), flush=True)
+            if cfg.count is not None and tracer.printed >= cfg.count:
+                break
+    except (KeyboardInterrupt, _Terminate):
+        pass
+    except BrokenPipeError:
+        pass
+    finally:
+        agent.close()
+    return 0

@@ -1,0 +1,74 @@
+"""`bpfnfs trace`: decoding slow-op records into lines and JSON, and the duration flag."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from bpfnfs.cli.main import parse_args
+from bpfnfs.cli.trace import HEADER, Tracer
+from bpfnfs.collect import records as R
+from bpfnfs.config import Config
+from bpfnfs.enrich.mountinfo import Mount
+from bpfnfs.enrich.mounts import NfsMount
+
+DEV = 55
+
+
+def _mounts() -> list[NfsMount]:
+    m = Mount(
+        1, 0, 0, DEV, "/sub", "/mnt/a", "rw", (), "nfs", "10.0.0.1:/export", {"vers": "3", "addr": "10.0.0.1"}
+    )
+    return [NfsMount(m, clid=7)]
+
+
+def _event(kind: int, op: int, status: int = 0, lat: int = 250_000_000) -> tuple[object, ...]:
+    raw = R.OP_EVENT.pack(
+        1_000_000_000, lat, 0, 0, 99, 42, 4096, 1234, 1235, DEV, 7, 3, 0xABC, status, kind, op, b"dd", b"READ"
+    )
+    return R.OP_EVENT.unpack(raw)
+
+
+def _tracer(cfg: Config) -> Tracer:
+    agent = SimpleNamespace(paths={(DEV, 42): ("/sub/dir/f", False)})
+    return Tracer(agent, cfg)  # type: ignore[arg-type]
+
+
+def test_vfs_event_line_and_json() -> None:
+    t = _tracer(Config(slow_ms=10))
+    op = t.decode(_event(R.OP_VFS, R.VFS_OPS.index("read")), _mounts(), 0)
+    assert op is not None
+    assert (op.op, op.file, op.mount, op.bytes, op.errno) == ("read", "/mnt/a/dir/f", "/mnt/a", 4096, None)
+    line = op.line().split()
+    assert line[1:7] == ["dd", "1234", "read", "250.000", "4096", "-"] and line[7] == "/mnt/a/dir/f"
+    d = json.loads(json.dumps(op.as_dict("/pod")))
+    assert d["latency_ms"] == 250.0 and d["cgroup"] == "/pod" and d["fileid"] == 42
+    assert HEADER.split()[:4] == ["TIME", "COMM", "PID", "OP"]
+
+
+def test_errno_and_filters() -> None:
+    t = _tracer(Config(slow_ms=10))
+    op = t.decode(_event(R.OP_VFS, R.VFS_OPS.index("open"), status=-2), _mounts(), 0)
+    assert op is not None and op.errno == "ENOENT"
+    assert (
+        _tracer(Config(slow_ms=10, filter_mount="/mnt/b")).decode(_event(R.OP_VFS, 0), _mounts(), 0) is None
+    )
+    # RPC records only with --rpc
+    assert t.decode(_event(R.OP_RPC, 3), _mounts(), 0) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("10ms", 10.0), ("1.5s", 1500.0), ("500us", 0.5), ("131072001ns", 131.072001), ("7", 7.0)],
+)
+def test_min_latency_units(text: str, ms: float) -> None:
+    cfg = parse_args(["trace", "--min-latency", text])[1]
+    assert cfg.slow_ms == pytest.approx(ms)
+
+
+def test_bad_min_latency_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_args(["trace", "-m", "fast"])
+    assert e.value.code == 2 and "--min-latency" in capsys.readouterr().err

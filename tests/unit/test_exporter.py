@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -275,3 +276,43 @@ def test_cli_port_in_use_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}: address already in use" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_scrapes_during_churn_never_fail() -> None:
+    """Mounts, identities and files come and go on every update while scrapes run in
+    parallel: every scrape answers 200 with a parseable, self-consistent exposition."""
+    import threading
+
+    paths: dict[int, str] = {}
+    c = BpfnfsCollector(Config(metrics_max_identities=3, metrics_top_files=2), paths.get)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(c)
+    srv = MetricsServer("127.0.0.1", 0, reg, lambda: (True, "ready"))
+    srv.start()
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 1
+        while not stop.is_set():
+            i += 1
+            cgs = tuple(100 + (i + k) % 7 for k in range(4))
+            paths.clear()
+            paths.update({cg: f"/pod-{cg}" for cg in cgs[: i % 4]})
+            mounts = [_mount("/mnt/a")] if i % 2 else [_mount("/mnt/a"), _mount("/mnt/b", 56)]
+            c.update(_report(_snap(i, cgs), mounts=mounts), _status(), 0.01)
+            time.sleep(0.002)
+
+    t = threading.Thread(target=churn, daemon=True)
+    t.start()
+    try:
+        for _ in range(40):
+            code, body = _http(f"http://127.0.0.1:{srv.port}/metrics")
+            assert code == 200
+            fams = {f.name: f for f in text_string_to_metric_families(body)}
+            assert "bpfnfs_build_info" in fams and "bpfnfs_rpc_operations" in fams
+            for s in fams["bpfnfs_rpc_execute_seconds"].samples:
+                assert s.value >= 0
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()

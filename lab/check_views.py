@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bpfnfs.enrich.mountstats import NfsMountStats, parse_mountstats
+from lab.check import drop_caches, sh
 from lab.check_cli import Checks, our_programs
 from lab.dashboard import dashboard_queries
 
@@ -57,16 +58,6 @@ BYTES = {  # mountstats bytes: field -> (metric, io label)
 
 def log(msg: str) -> None:
     print(f"lab.check_views: {msg}", flush=True)
-
-
-def sh(cmd: str) -> None:
-    log(f"$ {cmd}")
-    subprocess.run(cmd, shell=True, check=True)
-
-
-def drop_caches() -> None:
-    subprocess.run("sync", check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def http_get(url: str, timeout: float = 10) -> tuple[int, str]:

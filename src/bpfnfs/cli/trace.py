@@ -22,7 +22,7 @@ from bpfnfs.agent import DRAIN_PERIOD, Agent, stderr_log
 from bpfnfs.collect import records as R
 from bpfnfs.collect.errnames import errno_name
 from bpfnfs.collect.snapshot import read_snapshot
-from bpfnfs.collect.views import build_report
+from bpfnfs.collect.views import build_report, path_in_mount
 from bpfnfs.config import Config
 from bpfnfs.enrich.mounts import NfsMount, client_transports
 
@@ -137,15 +137,8 @@ class Tracer:
             mp = nm.mount.mount_point if nm else None
             if not self._wanted(nm, mp):
                 return None
-            path = None
             sb = self.agent.paths.get((dev, fileid))
-            if nm is not None and sb is not None:
-                root = (nm.mount.root or "/").rstrip("/")
-                rel = (
-                    sb[0][len(root) :] if not root or sb[0].startswith(root + "/") or sb[0] == root else None
-                )
-                if rel is not None:
-                    path = mp.rstrip("/") + rel if rel not in ("", "/") else mp
+            path = path_in_mount(nm.mount.root or "/", nm.mount.mount_point, sb[0])[1] if nm and sb else None
             op = R.VFS_OPS[vers] if vers < len(R.VFS_OPS) else f"op{vers}"
             return SlowOp(
                 wall, "vfs", comm, pid, tid, op, lat, nbytes, err, mp, path, fileid, dev, cg, 0, 0, 0, 0

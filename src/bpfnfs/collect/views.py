@@ -30,6 +30,18 @@ def _sub_dict(cur: dict[Any, Any], prev: dict[Any, Any], zero: Any) -> dict[Any,
     return {k: v - prev.get(k, zero) for k, v in cur.items()}
 
 
+def path_in_mount(root: str, mount_point: str, sb_path: str | None) -> tuple[str | None, str | None]:
+    """(path relative to the mount point, absolute path) of a path below the superblock root,
+    for a mount of the subtree `root`; (None, None) outside it or when unknown."""
+    if sb_path is None:
+        return None, None
+    r = root.rstrip("/")
+    if r and not (sb_path == r or sb_path.startswith(r + "/")):
+        return None, None  # outside this mount's subtree (another mount of the superblock)
+    rel = sb_path[len(r) :] or "/"
+    return rel, (mount_point.rstrip("/") + rel if rel != "/" else mount_point)
+
+
 @dataclass
 class MountReport:
     mount_point: str
@@ -79,13 +91,7 @@ class MountReport:
 
     def path_of(self, sb_path: str | None) -> tuple[str | None, str | None]:
         """(path relative to the mount point, absolute path) of a superblock-relative path."""
-        if sb_path is None:
-            return None, None
-        root = self.root.rstrip("/")
-        if root and not (sb_path == root or sb_path.startswith(root + "/")):
-            return None, None  # outside this mount's subtree (another mount of the superblock)
-        rel = sb_path[len(root) :] or "/"
-        return rel, (self.mount_point.rstrip("/") + rel if rel != "/" else self.mount_point)
+        return path_in_mount(self.root, self.mount_point, sb_path)
 
     def moving_ops(self) -> dict[str, RpcOpStats]:
         return {k: v for k, v in self.ops.items() if v.ops}

@@ -3,23 +3,28 @@
 #   make demo    boot the bookworm lab VM with real NFS and a workload, show bpfnfs's live table
 #   make test    unit tests + lab tests on bullseye (5.10), bookworm (6.1), trixie (6.12)
 #   make lab SUITES="bookworm"   lab tests only
+#   make bench   overhead, agent cost, scale and transport in the lab VM (BENCH_SUITES, default bookworm);
+#                prints the table, writes build/bench/results.json and docs/benchmarks.md
 SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SUITES ?= bullseye bookworm trixie
+BENCH_SUITES ?= bookworm
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3 python3-venv python3-pip \
 	qemu-system-x86 busybox-static kmod cpio nfs-kernel-server nfs-common rpcbind fio \
 	iproute2 procps ca-certificates make \
 	prometheus tmux
+# BCC's nfsslower and nfsdist: the incumbents the bench compares against (and its smoke run in make test).
+BENCH_PACKAGES := bpfcc-tools python3-bpfcc
 
-.PHONY: setup deps bpf venv demo test unit lab lint clean
+.PHONY: setup deps bpf venv demo test unit lab lint bench clean
 
 setup: deps bpf venv
 
 # Idempotent: apt runs only when a package is missing.
 deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(APT_PACKAGES) $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		apt-get -o DPkg::Lock::Timeout=600 update -q && \
@@ -43,14 +48,17 @@ unit: setup
 	$(PY) -m pytest -q tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check src lab tests
+	$(VENV)/bin/ruff check src lab bench tests
 
 test: setup
-	$(VENV)/bin/ruff check src lab tests
+	$(VENV)/bin/ruff check src lab bench tests
 	LAB_SUITES="$(SUITES)" $(PY) -m pytest -v -rs tests
 
 lab: setup
 	LAB_SUITES="$(SUITES)" $(PY) -m pytest -v -rs -m lab tests/lab
+
+bench: setup
+	$(PY) -m bench --suites "$(BENCH_SUITES)"
 
 clean:
 	$(MAKE) -C src/bpfnfs/bpf clean

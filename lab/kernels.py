@@ -214,3 +214,91 @@ def _decompress_bzimage(image: bytes) -> bytes | None:
     except (lzma.LZMAError, OSError, EOFError, subprocess.CalledProcessError):
         return None
     return elf if elf.startswith(b"\x7fELF") else None
+
+
+def fetch_headers(suite: str) -> Path:
+    """Kernel headers for ``suite``'s cached kernel, downloaded once; returns BCC's kernel source dir.
+
+    Debian splits the headers between ``linux-headers-<release>`` (generated files, config) and
+    ``linux-headers-<abi>-common`` (the source headers). BCC only merges the two through
+    /lib/modules/<release>/{build,source}, which in the guest is the read-only module share; with
+    ``BCC_KERNEL_SOURCE`` it wants one tree. So the generated dirs are linked into the common tree
+    and that tree is returned (for ``BCC_KERNEL_SOURCE``). linux-kbuild is not needed: BCC parses
+    no Makefile.
+    """
+    kernel = fetch(suite)
+    cache = cache_root()
+    final = cache / "headers" / kernel.release
+    with file_lock(cache / "locks" / f"kernel-{suite}.lock"):
+        if not (final / _COMPLETE).exists():
+            _download_headers(cache, suite, kernel.release, final)
+    return _headers_source(final, kernel.release)
+
+
+def _download_headers(cache: Path, suite: str, release: str, final: Path) -> None:
+    opts = _prepare_apt(cache, suite)
+    package = f"linux-headers-{release}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{release}-", dir=final.parent) as tmp:
+        work = Path(tmp)
+        try:
+            common = _headers_common(opts, package)
+        except LabError:
+            # The lists may predate this cache (or be gone): refresh them once.
+            run_tool(["apt-get", *opts, "-q", "update"], f"apt-get update for {suite}")
+            common = _headers_common(opts, package)
+        log(f"{suite}: downloading {package} and {common}")
+        what = f"downloading {package} (if {suite} moved on: python3 -m lab kernel --refresh {suite})"
+        run_tool(["apt-get", *opts, "-q", "download", package, common], what, cwd=work)
+        tree = work / "tree"
+        for deb in sorted(work.glob("*.deb")):
+            run_tool(["dpkg-deb", "-x", deb, tree], f"unpacking {deb.name}")
+        _merge_generated(tree, release)
+        (tree / _COMPLETE).touch()
+        shutil.rmtree(final, ignore_errors=True)
+        tree.rename(final)  # same filesystem, so the finished tree appears atomically
+    log(f"{suite}: headers for {release} ready")
+
+
+def _headers_common(opts: list[str], package: str) -> str:
+    """Name of the -common package that ``package`` depends on (the arch-independent headers)."""
+    out = run_tool(["apt-cache", *opts, "depends", package], f"looking up {package}").stdout
+    for line in out.splitlines():
+        m = re.match(r"\s*\|?Depends:\s*(linux-headers-\S+-common\S*)", line)
+        if m:
+            return m.group(1)
+    raise LabError(f"looking up {package} failed: no linux-headers-*-common dependency")
+
+
+def _headers_dirs(tree: Path, release: str) -> tuple[Path, Path]:
+    """(build, source) inside ``tree``, found through the package's lib/modules symlinks."""
+    dirs = []
+    for name in ("build", "source"):
+        # Absolute targets up to bookworm; trixie (merged /usr) has relative ones under usr/lib.
+        links = [tree / lib / "modules" / release / name for lib in ("lib", "usr/lib")]
+        found = []
+        for link in filter(Path.is_symlink, links):
+            target = os.readlink(link)
+            base = tree if target.startswith("/") else link.parent
+            found.append(Path(os.path.normpath(base / target.lstrip("/"))))
+        if not found or not found[0].is_dir():
+            raise LabError(f"linux-headers-{release}: no usable lib/modules/{release}/{name} link")
+        dirs.append(found[0])
+    return dirs[0], dirs[1]
+
+
+def _merge_generated(tree: Path, release: str) -> None:
+    # Relative links keep the tree valid after the rename and at the same path in the guest.
+    build, source = _headers_dirs(tree, release)
+    for sub in (Path("include"), *(p.relative_to(build) for p in build.glob("arch/*/include"))):
+        for child in (build / sub).iterdir():
+            link = source / sub / child.name
+            if child.is_dir() and link.parent.is_dir() and not link.exists():
+                link.symlink_to(os.path.relpath(child, link.parent))
+
+
+def _headers_source(final: Path, release: str) -> Path:
+    source = _headers_dirs(final, release)[1]
+    if not (source / "include" / "generated" / "autoconf.h").is_file():
+        raise LabError(f"headers for {release} at {final} are incomplete (remove the directory to refetch)")
+    return source

@@ -183,9 +183,10 @@ def run_trace(cfg: Config, duration: float | None = None, agent_factory: type[Ag
                     agent.refresh_mounts()
                     if cfg.trace_rpc:
                         tracer.refresh_clients()
-                    drops = agent.counter("ringbuf_drops")
+                    drops = _lost(agent)
                     if drops > last_drops:
-                        stderr_log(f"warning: {drops - last_drops} slow-op records lost (ring buffer full)")
+                        lost = drops - last_drops
+                        stderr_log(f"warning: {lost} slow-op records lost ({_lost_detail(agent)})")
                         last_drops = drops
             if not header_done and agent.obj is not None and not cfg.json:
                 print(HEADER, flush=True)
@@ -217,5 +218,17 @@ def run_trace(cfg: Config, duration: float | None = None, agent_factory: type[Ag
     except BrokenPipeError:
         pass
     finally:
+        if agent.obj is not None:
+            lost = _lost(agent)
+            stderr_log(f"{tracer.printed} operations printed, {lost} records lost ({_lost_detail(agent)})")
         agent.close()
     return 0
+
+
+def _lost(agent: Agent) -> int:
+    """Records lost anywhere: in the kernel (ring buffer full) or in user space (queue full)."""
+    return agent.counter("ringbuf_drops") + agent.events_overflow
+
+
+def _lost_detail(agent: Agent) -> str:
+    return f"ring buffer full {agent.counter('ringbuf_drops')}, queue full {agent.events_overflow}"

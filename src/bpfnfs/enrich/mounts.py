@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bpfnfs.collect import records as R
 from bpfnfs.collect.snapshot import ClientInfo
-from bpfnfs.enrich.mountinfo import Mount, MountinfoError, nfs_mounts, read_mountinfo
+from bpfnfs.enrich.mountinfo import Mount, MountinfoError, nfs_mounts, parse_mountinfo
 from bpfnfs.loader.maps import Map
 
 STATFS_PROCS = {"FSSTAT", "STATFS"}
@@ -57,11 +57,20 @@ class MountRegistry:
     _probes: dict[int, _Probe] = field(default_factory=dict)
     _warned: set[str] = field(default_factory=set)
     parse_errors: int = 0
+    _last_text: str | None = None  # the mountinfo last parsed without error
 
     def refresh(self) -> None:
         """Re-read mountinfo: add new NFS mounts, drop gone ones, probe new superblocks."""
         try:
-            current = nfs_mounts(read_mountinfo(self.pid, self.proc))
+            text = (Path(self.proc) / str(self.pid) / "mountinfo").read_text(
+                encoding="utf-8", errors="surrogateescape"
+            )
+            # Unchanged mount table, nothing pending or to retry: skip the parse (most of a
+            # refresh's CPU, every interval).
+            if text == self._last_text and not self._probes and self._all_probed():
+                return
+            self._last_text = None
+            current = nfs_mounts(parse_mountinfo(text))
         except MountinfoError as e:
             # A line we cannot parse is reported once per distinct message, never fatal.
             self.parse_errors += 1
@@ -72,6 +81,7 @@ class MountRegistry:
         except OSError as e:
             self.log(f"warning: cannot read {self.proc}/{self.pid}/mountinfo: {e}")
             return
+        self._last_text = text
         seen: dict[str, NfsMount] = {}
         for m in current:
             old = self.mounts.get(m.mount_point)
@@ -93,6 +103,9 @@ class MountRegistry:
         self._finish_probes(wait=PROBE_TIMEOUT)
         for nm in self.mounts.values():
             nm.clid = self.dev_clid.get(nm.mount.dev)
+
+    def _all_probed(self) -> bool:
+        return self.probe_map is None or all(nm.mount.dev in self.dev_clid for nm in self.mounts.values())
 
     def _start_probe(self, dev: int, mount_point: str) -> None:
         probe_map = self.probe_map

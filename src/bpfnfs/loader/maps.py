@@ -5,7 +5,8 @@ from __future__ import annotations
 import ctypes
 import errno
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from bpfnfs.loader.libbpf import BpfMapBatchOpts, Libbpf, LibbpfError, errno_message
 
@@ -34,6 +35,8 @@ class Map:
     value_size: int
     max_entries: int
     fd: int = -1
+    # (batch, stride) and the lookup buffers of the last batched read; None while one is running.
+    _batch_bufs: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_libbpf(cls, lib: Libbpf, ptr: int) -> Map:
@@ -85,13 +88,29 @@ class Map:
         Uses BPF_MAP_LOOKUP_BATCH (one syscall per `batch` keys, kernel >= 5.6) and
         falls back to get_next_key + lookup where batching is unsupported (arrays on
         old kernels, EINVAL/ENOTSUPP)."""
-        L = self.lib.lib
         ncpus = self.lib.num_possible_cpus() if self.percpu else 1
         vsize = self._stride(ncpus)
-        keys = ctypes.create_string_buffer(self.key_size * batch)
-        vals = ctypes.create_string_buffer(vsize * batch)
-        in_batch = ctypes.create_string_buffer(max(self.key_size, 8))
-        out_batch = ctypes.create_string_buffer(max(self.key_size, 8))
+        # The buffers are reused from one read to the next: allocating (and zeroing) them every
+        # interval was a third of the collection's CPU. A nested read of the same map gets its own.
+        cached, self._batch_bufs = self._batch_bufs, None
+        if cached is None or cached[0] != (batch, vsize):
+            cached = (
+                (batch, vsize),
+                ctypes.create_string_buffer(self.key_size * batch),
+                ctypes.create_string_buffer(vsize * batch),
+                ctypes.create_string_buffer(max(self.key_size, 8)),
+                ctypes.create_string_buffer(max(self.key_size, 8)),
+            )
+        try:
+            yield from self._batches(cached, batch, vsize)
+        finally:
+            self._batch_bufs = cached
+
+    def _batches(
+        self, bufs: tuple[Any, ...], batch: int, vsize: int
+    ) -> Iterator[tuple[bytes, bytes, int, int]]:
+        L = self.lib.lib
+        _, keys, vals, in_batch, out_batch = bufs
         opts = BpfMapBatchOpts(sz=ctypes.sizeof(BpfMapBatchOpts))
         first = True
         while True:

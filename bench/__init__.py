@@ -1,0 +1,1 @@
+"""bpfnfs benchmark: overhead, agent cost, scale and transport (make bench)."""

@@ -1,0 +1,175 @@
+"""`make bench`: boot each lab kernel, run the benchmark inside, print the table.
+
+    python3 -m bench [--suites "bookworm"] [--smoke] [--reps N] [--out build/bench] [--docs PATH]
+
+Writes OUT/results.json (every figure, per suite), OUT/SUITE/ (the guest's raw
+guest.json and agent logs) and, unless --smoke, the results section of
+docs/benchmarks.md. Exit status: 0 when every section ran, 1 when a section
+reported an error (the table still shows the rest), 2 on bad input or lab errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from lab import kernels, vm
+from lab.common import LabError
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench results: begin (make bench rewrites this section) -->", "<!-- bench results: end -->"
+BCC_TOOLS = ("/usr/sbin/nfsslower-bpfcc", "/usr/sbin/nfsdist-bpfcc")
+
+
+def _host_cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--suites", default=os.environ.get("BENCH_SUITES", "bookworm"), help="kernels (default: bookworm)"
+    )
+    p.add_argument("--smoke", action="store_true", help="one repetition, small sizes (what make test runs)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions of each configuration (default 5)")
+    p.add_argument("--out", type=Path, default=REPO / "build" / "bench")
+    p.add_argument("--docs", type=Path, default=DOCS, help="Markdown file whose results section is rewritten")
+    p.add_argument("--no-bcc", action="store_true", help="leave out BCC's nfsslower and nfsdist")
+    p.add_argument("--sections", nargs="*", default=None, help="overhead scale transport (default: all)")
+    p.add_argument("--configs", nargs="*", default=None, help="configurations to compare (default: all)")
+    p.add_argument("--workloads", nargs="*", default=None, help="fio workloads (default: all)")
+    p.add_argument("--runtime", type=float, default=None, help="seconds per timed workload (default 5)")
+    p.add_argument("--meta-files", type=int, default=None, help="files in the metadata storm (default 10000)")
+    p.add_argument("--scale", default=None, metavar="FILES,CGROUPS,MOUNTS", help="default 100000,1000,50")
+    p.add_argument("--smp", type=int, default=2, help="guest vCPUs (default 2: the agent and the workload)")
+    p.add_argument(
+        "--timeout", type=float, default=None, help="seconds per VM (default: 2700 smoke, 10800 full)"
+    )
+    return p
+
+
+def _guest_argv(args: argparse.Namespace, out: Path, headers: Path | None) -> str:
+    cmd = [sys.executable, "-m", "bench.guest", "--out", str(out), "--reps", str(args.reps)]
+    if args.smoke:
+        cmd.append("--smoke")
+    if headers is not None:
+        cmd += ["--bcc-headers", str(headers)]
+    for opt in ("sections", "configs", "workloads"):
+        if getattr(args, opt):
+            cmd += [f"--{opt}", *getattr(args, opt)]
+    for opt in ("runtime", "meta_files", "scale"):
+        if getattr(args, opt) is not None:
+            cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+    return f"cd {shlex.quote(str(REPO))} && {shlex.join(cmd)}"
+
+
+def run_suite(args: argparse.Namespace, suite: str) -> dict[str, Any]:
+    out = (args.out / suite).resolve()
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    headers: Path | None = None
+    bcc_note = None
+    if args.no_bcc:
+        bcc_note = "left out (--no-bcc)"
+    elif not all(Path(t).exists() for t in BCC_TOOLS):
+        bcc_note = "left out: bpfcc-tools is not installed (make bench installs it)"
+    else:
+        headers = kernels.fetch_headers(suite)
+    timeout = args.timeout or (2700 if args.smoke else 10800)
+    print(f"bench: {suite}: booting the lab VM (timeout {timeout:.0f} s)", file=sys.stderr, flush=True)
+    res = vm.run(
+        suite, _guest_argv(args, out, headers), out, mem="2048M", smp=args.smp, timeout=timeout, stream=True
+    )
+    guest = out / "guest.json"
+    doc: dict[str, Any] = json.loads(guest.read_text()) if guest.is_file() else {}
+    doc["vm"] = {
+        "rc": res.rc,
+        "release": res.release,
+        "wall_s": round(res.wall_seconds, 1),
+        "error": res.error,
+    }
+    doc.setdefault("meta", {})["bcc"] = bcc_note or "included"
+    return doc
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    parts = []
+    for suite, doc in results["suites"].items():
+        m = doc.get("meta", {})
+        parts.append(
+            f"### {suite}: kernel {m.get('kernel', '?')}, {m.get('date', '?')}\n\n"
+            f"Guest CPU `{m.get('cpu', '?')}` ({m.get('vcpus', '?')} vCPU, QEMU TCG) on host CPU "
+            f"`{results['host']['cpu']}` ({results['host']['cores']} cores); {m.get('reps')} repetitions, "
+            f"{m.get('runtime_s')} s per timed workload, {m.get('size_mib')} MiB files, "
+            f"{m.get('meta_files')} files in the metadata storm, on `{m.get('mount')}`. BCC: {m.get('bcc')}."
+        )
+        parts += [report.markdown(*t) for t in report.tables(suite, doc)]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_docs(path: Path, results: dict[str, Any]) -> None:
+    text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = text.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{_markdown(results)}{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    suites = args.suites.split()
+    try:
+        if not suites:
+            raise LabError("--suites: no kernel suite given")
+        if args.reps < 1:
+            raise LabError(f"--reps must be at least 1, got {args.reps}")
+        for s in suites:
+            kernels.check_suite(s)
+        results: dict[str, Any] = {
+            "host": {"cpu": _host_cpu(), "cores": os.cpu_count(), "kernel": platform.release()},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "suites": {},
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        for s in suites:
+            results["suites"][s] = run_suite(args, s)
+    except LabError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    path = args.out / "results.json"
+    path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    print()
+    failed = False
+    for suite, doc in results["suites"].items():
+        for t in report.tables(suite, doc):
+            print(report.text(*t) + "\n")
+        vm_ = doc["vm"]
+        if vm_["rc"] != 0:
+            failed = True
+            print(f"bench: {suite}: guest exit {vm_['rc']}{': ' + vm_['error'] if vm_['error'] else ''}")
+    print(f"bench: results in {path}")
+    if not args.smoke:
+        write_docs(args.docs, results)
+        print(f"bench: table written to {args.docs}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", type=float, default=None, help="seconds per timed workload (default 5)")
     p.add_argument("--meta-files", type=int, default=None, help="files in the metadata storm (default 10000)")
     p.add_argument("--scale", default=None, metavar="FILES,CGROUPS,MOUNTS", help="default 100000,1000,50")
-    p.add_argument("--smp", type=int, default=2, help="guest vCPUs (default 2: the agent and the workload)")
+    p.add_argument(
+        "--smp", type=int, default=None, help="guest vCPUs (default 2: the agent and the workload; smoke 1)"
+    )
     p.add_argument(
         "--timeout", type=float, default=None, help="seconds per VM (default: 2700 smoke, 10800 full)"
     )
@@ -89,9 +91,10 @@ def run_suite(args: argparse.Namespace, suite: str) -> dict[str, Any]:
     else:
         headers = kernels.fetch_headers(suite)
     timeout = args.timeout or (2700 if args.smoke else 10800)
+    smp = args.smp or (1 if args.smoke else 2)  # smoke: a fair share next to the other lab VMs
     print(f"bench: {suite}: booting the lab VM (timeout {timeout:.0f} s)", file=sys.stderr, flush=True)
     res = vm.run(
-        suite, _guest_argv(args, out, headers), out, mem="2048M", smp=args.smp, timeout=timeout, stream=True
+        suite, _guest_argv(args, out, headers), out, mem="2048M", smp=smp, timeout=timeout, stream=True
     )
     guest = out / "guest.json"
     doc: dict[str, Any] = json.loads(guest.read_text()) if guest.is_file() else {}

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import guest, report
 from lab import kernels, vm
 from lab.common import LabError
 
@@ -29,13 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench results: begin (make bench rewrites this section) -->", "<!-- bench results: end -->"
 BCC_TOOLS = ("/usr/sbin/nfsslower-bpfcc", "/usr/sbin/nfsdist-bpfcc")
-
-
-def _host_cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in suites:
             kernels.check_suite(s)
         results: dict[str, Any] = {
-            "host": {"cpu": _host_cpu(), "cores": os.cpu_count(), "kernel": platform.release()},
+            "host": {"cpu": guest.cpu_model(), "cores": os.cpu_count(), "kernel": platform.release()},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "suites": {},
         }

@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,16 +248,3 @@ def start(spec: Spec, log: Path, *, attach_timeout: float = 300.0, sink: Path | 
         os.killpg(proc.pid, signal.SIGSTOP)
     run.mark()
     return run
-
-
-def with_agent(spec: Spec, log: Path, body: Callable[[Running], None]) -> Cost:
-    run = start(spec, log)
-    try:
-        body(run)
-    except BaseException:
-        run._stop.set()
-        if run.proc and run.proc.poll() is None:
-            run.proc.kill()
-            run.proc.wait()
-        raise
-    return run.stop()

@@ -32,7 +32,8 @@ def log(msg: str) -> None:
     print(f"bench: {msg}", flush=True)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """This machine's CPU as /proc/cpuinfo names it (the guest's or, from the host side, the host's)."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "kernel": platform.release(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "vcpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
         "smoke": args.smoke,

@@ -12,6 +12,7 @@ being exported.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -166,7 +167,13 @@ class BpfnfsCollector(Collector):
         self.cfg = cfg
         self.cgroup_path = cgroup_path
         self.pid_alive = pid_alive or (lambda pid: os.path.exists(f"{cfg.proc}/{pid}"))
-        self._families: list[Metric] = []
+        # What a scrape serves: the per-mount families are rendered from the last report only
+        # when scraped (most of the rendering cost, and Prometheus scrapes every 15-60 s while
+        # the agent collects every second); everything with state across intervals (identity
+        # budget, file activity) is built at every update. One reference swap per update.
+        self._state: tuple[tuple[MountReport, ...], list[Metric]] = ((), [])
+        self._rendered: tuple[object, list[Metric]] | None = None
+        self._render_lock = threading.Lock()
         self._budgets: dict[str, _IdentityBudget] = {}
         self._file_scores: dict[tuple[int, int], float] = {}
         self._file_prev: dict[tuple[int, int], FileStats] = {}
@@ -180,7 +187,15 @@ class BpfnfsCollector(Collector):
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        return iter(self._families)
+        state = self._state
+        with self._render_lock:  # concurrent scrapes render once
+            done = self._rendered
+            if done is None or done[0] is not state:
+                fams = _Families()
+                for m in state[0]:
+                    self._mount(fams, m)
+                done = self._rendered = (state, list(fams.by_name.values()))
+        return iter(done[1] + state[1])
 
     # ---- building -------------------------------------------------------------------------
 
@@ -193,7 +208,6 @@ class BpfnfsCollector(Collector):
             live = set()
             for m in rep.mounts:
                 live.add(m.mount_point)
-                self._mount(fams, m)
                 e, f, r = self._identities(fams, m)
                 exported, folded, retired = exported + e, folded + f, retired + r
             self._files(fams, rep, seconds)
@@ -202,7 +216,8 @@ class BpfnfsCollector(Collector):
             self._labels = {k: v for k, v in self._labels.items() if k in self._seen}
         self.folded = folded
         self._self(fams, status, rep, {"exported": exported, "folded": folded, "retired": retired})
-        self._families = list(fams.by_name.values())  # one reference swap: scrapes see old or new
+        mounts = tuple(rep.mounts) if rep is not None else ()
+        self._state = (mounts, list(fams.by_name.values()))  # one swap: scrapes see old or new
 
     def _mount(self, fams: _Families, m: MountReport) -> None:
         mv = _mount_values(m)

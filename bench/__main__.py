@@ -1,6 +1,7 @@
 """`make bench`: boot each lab kernel, run the benchmark inside, print the table.
 
     python3 -m bench [--suites "bookworm"] [--smoke] [--reps N] [--out build/bench] [--docs PATH]
+    python3 -m bench --merge RUN1/results.json RUN2/results.json [--out build/bench] [--docs PATH]
 
 Writes OUT/results.json (every figure, per suite), OUT/SUITE/ (the guest's raw
 guest.json and agent logs) and, unless --smoke, the results section of
@@ -53,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=None, help="seconds per VM (default: 2700 smoke, 10800 full)"
     )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="RESULTS",
+        help="boot nothing: combine the results.json of runs made side by side with different --sections "
+        "(e.g. overhead and transport in one VM, scale in another) into OUT/results.json and the docs",
+    )
     return p
 
 
@@ -101,6 +111,38 @@ def run_suite(args: argparse.Namespace, suite: str) -> dict[str, Any]:
     return doc
 
 
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One results document from runs of different sections: per suite, each section is taken
+    from the run that has it (a section in two runs is an error: which one would be meant?)."""
+    merged: dict[str, Any] | None = None
+    for path in paths:
+        try:
+            res = json.loads(path.read_text())
+            suites: dict[str, Any] = res["suites"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LabError(f"--merge: {path}: not a bench results.json ({exc})") from None
+        if merged is None:
+            merged = {**res, "suites": {}, "merged_from": []}
+        merged["merged_from"].append(str(path))
+        for suite, doc in suites.items():
+            into = merged["suites"].setdefault(suite, {"meta": {}, "parts": []})
+            ran = [k for k in guest.SECTIONS if doc.get(k)]
+            for k in ran:
+                if into.get(k):
+                    raise LabError(f"--merge: {path}: {suite} {k} is in two of the runs")
+                into[k] = doc[k]
+                if k == "overhead":
+                    into["overhead_summary"] = doc.get("overhead_summary")
+                    into["meta"] = {**into["meta"], **doc.get("meta", {})}  # the table's parameters
+            into["meta"] = {**doc.get("meta", {}), **into["meta"]}
+            part_vm = doc.get("vm") or {}
+            into["parts"].append({"sections": ran, "vcpus": doc.get("meta", {}).get("vcpus"), "vm": part_vm})
+            if "vm" not in into or part_vm.get("rc"):
+                into["vm"] = part_vm  # a part that failed fails the whole
+    assert merged is not None
+    return merged
+
+
 def _markdown(results: dict[str, Any]) -> str:
     parts = []
     for suite, doc in results["suites"].items():
@@ -111,6 +153,13 @@ def _markdown(results: dict[str, Any]) -> str:
             f"`{results['host']['cpu']}` ({results['host']['cores']} cores); {m.get('reps')} repetitions, "
             f"{m.get('runtime_s')} s per timed workload, {m.get('size_mib')} MiB files, "
             f"{m.get('meta_files')} files in the metadata storm, on `{m.get('mount')}`. BCC: {m.get('bcc')}."
+            + (
+                " Run as VMs side by side: "
+                + "; ".join(f"{', '.join(p['sections'])} ({p['vcpus']} vCPU)" for p in doc["parts"])
+                + "."
+                if len(doc.get("parts", [])) > 1
+                else ""
+            )
         )
         parts += [report.markdown(*t) for t in report.tables(suite, doc)]
     return "\n\n".join(parts) + "\n"
@@ -133,16 +182,19 @@ def main(argv: list[str] | None = None) -> int:
             raise LabError("--suites: no kernel suite given")
         if args.reps < 1:
             raise LabError(f"--reps must be at least 1, got {args.reps}")
-        for s in suites:
-            kernels.check_suite(s)
-        results: dict[str, Any] = {
-            "host": {"cpu": guest.cpu_model(), "cores": os.cpu_count(), "kernel": platform.release()},
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "suites": {},
-        }
         args.out.mkdir(parents=True, exist_ok=True)
-        for s in suites:
-            results["suites"][s] = run_suite(args, s)
+        if args.merge:
+            results = merge(args.merge)
+        else:
+            for s in suites:
+                kernels.check_suite(s)
+            results = {
+                "host": {"cpu": guest.cpu_model(), "cores": os.cpu_count(), "kernel": platform.release()},
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "suites": {},
+            }
+            for s in suites:
+                results["suites"][s] = run_suite(args, s)
     except LabError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2

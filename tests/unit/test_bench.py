@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,27 @@ def test_host_rejects_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert "sid" in capsys.readouterr().err
     assert host.main(["--reps", "0"]) == 2
     assert "--reps must be at least 1" in capsys.readouterr().err
+
+
+def test_merge_combines_sections_of_side_by_side_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    over = _doc()
+    over["overhead_summary"] = guest.summarize_overhead(over)
+    over["meta"] = {"kernel": "6.1.0", "vcpus": 2, "reps": 5, "runtime_s": 3.0}
+    over["vm"] = {"rc": 0}
+    scale = {"meta": {"kernel": "6.1.0", "vcpus": 1, "reps": 1}, "scale": {"files": 10}, "vm": {"rc": 0}}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"host": {"cpu": "EPYC", "cores": 2}, "suites": {"bookworm": scale}}))
+    b.write_text(json.dumps({"host": {"cpu": "EPYC", "cores": 2}, "suites": {"bookworm": over}}))
+    md = tmp_path / "benchmarks.md"
+    assert host.main(["--merge", str(a), str(b), "--out", str(tmp_path / "out"), "--docs", str(md)]) == 0
+    merged = json.loads((tmp_path / "out" / "results.json").read_text())["suites"]["bookworm"]
+    assert merged["scale"] == {"files": 10} and merged["overhead"] == over["overhead"]
+    assert merged["meta"]["reps"] == 5 and merged["meta"]["vcpus"] == 2  # the overhead run's parameters
+    assert "Run as VMs side by side: scale (1 vCPU); overhead (2 vCPU)." in md.read_text()
+    # The same section twice, or a file that is not a results.json: one line, exit 2.
+    assert host.main(["--merge", str(b), str(b), "--out", str(tmp_path / "out"), "--docs", str(md)]) == 2
+    assert "overhead is in two of the runs" in capsys.readouterr().err
+    assert host.main(["--merge", str(md), "--out", str(tmp_path / "out"), "--docs", str(md)]) == 2
+    assert "not a bench results.json" in capsys.readouterr().err

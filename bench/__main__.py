@@ -108,7 +108,16 @@ def run_suite(args: argparse.Namespace, suite: str) -> dict[str, Any]:
         "error": res.error,
     }
     doc.setdefault("meta", {})["bcc"] = bcc_note or "included"
+    _summarize_cut_short(doc)
     return doc
+
+
+def _summarize_cut_short(doc: dict[str, Any]) -> None:
+    """A guest stopped during the overhead section (timeout, or killed) kept its runs in
+    guest.json but never wrote the summary: make it from the repetitions that completed."""
+    if doc.get("overhead") and not doc.get("overhead_summary"):
+        doc["overhead_summary"] = guest.summarize_overhead(doc)
+        doc["overhead"]["cut_short"] = True
 
 
 def merge(paths: list[Path]) -> dict[str, Any]:
@@ -132,7 +141,8 @@ def merge(paths: list[Path]) -> dict[str, Any]:
                     raise LabError(f"--merge: {path}: {suite} {k} is in two of the runs")
                 into[k] = doc[k]
                 if k == "overhead":
-                    into["overhead_summary"] = doc.get("overhead_summary")
+                    _summarize_cut_short(doc)
+                    into["overhead_summary"] = doc["overhead_summary"]
                     into["meta"] = {**into["meta"], **doc.get("meta", {})}  # the table's parameters
             into["meta"] = {**doc.get("meta", {}), **into["meta"]}
             part_vm = doc.get("vm") or {}
@@ -143,6 +153,19 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     return merged
 
 
+def _reps(doc: dict[str, Any]) -> str:
+    o, want = doc.get("overhead") or {}, doc.get("meta", {}).get("reps")
+    if not o.get("cut_short"):
+        return f"{want} repetitions"
+    done = {(r["rep"], r["config"], r["workload"]) for r in o["runs"]}
+    reps = {r for r, _c, _w in done}
+    full = [r for r in reps if all((r, c, w) in done for c in o["configs"] for w in o["workloads"])]
+    return (
+        f"{len(full)} of {want} repetitions complete (cut short; the configurations that finished in the "
+        "last one are included)"
+    )
+
+
 def _markdown(results: dict[str, Any]) -> str:
     parts = []
     for suite, doc in results["suites"].items():
@@ -150,7 +173,7 @@ def _markdown(results: dict[str, Any]) -> str:
         parts.append(
             f"### {suite}: kernel {m.get('kernel', '?')}, {m.get('date', '?')}\n\n"
             f"Guest CPU `{m.get('cpu', '?')}` ({m.get('vcpus', '?')} vCPU, QEMU TCG) on host CPU "
-            f"`{results['host']['cpu']}` ({results['host']['cores']} cores); {m.get('reps')} repetitions, "
+            f"`{results['host']['cpu']}` ({results['host']['cores']} cores); {_reps(doc)}, "
             f"{m.get('runtime_s')} s per timed workload, {m.get('size_mib')} MiB files, "
             f"{m.get('meta_files')} files in the metadata storm, on `{m.get('mount')}`. BCC: {m.get('bcc')}."
             + (
@@ -208,10 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     for suite, doc in results["suites"].items():
         for t in report.tables(suite, doc):
             print(report.text(*t) + "\n")
-        vm_ = doc["vm"]
-        if vm_["rc"] != 0:
+        vm_ = doc.get("vm") or {}
+        if vm_.get("rc", 0) != 0:
             failed = True
-            print(f"bench: {suite}: guest exit {vm_['rc']}{': ' + vm_['error'] if vm_['error'] else ''}")
+            err = vm_.get("error")
+            print(f"bench: {suite}: guest exit {vm_['rc']}{': ' + err if err else ''}")
     print(f"bench: results in {path}")
     if not args.smoke:
         write_docs(args.docs, results)

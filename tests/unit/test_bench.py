@@ -143,3 +143,16 @@ def test_merge_combines_sections_of_side_by_side_runs(
     assert "overhead is in two of the runs" in capsys.readouterr().err
     assert host.main(["--merge", str(md), "--out", str(tmp_path / "out"), "--docs", str(md)]) == 2
     assert "not a bench results.json" in capsys.readouterr().err
+
+
+def test_overhead_cut_short_is_summarized_from_what_completed(tmp_path: Path) -> None:
+    doc = _doc()
+    doc["overhead"]["runs"].append({"rep": 3, "config": "none", "workload": "w", "ops_per_s": 100.0})
+    doc["meta"] = {"reps": 5, "vcpus": 2}
+    doc["vm"] = {"rc": -9}
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"host": {"cpu": "EPYC", "cores": 2}, "suites": {"bookworm": doc}}))
+    md = tmp_path / "benchmarks.md"
+    assert host.main(["--merge", str(a), "--out", str(tmp_path), "--docs", str(md)]) == 1  # the VM failed
+    assert "3 of 5 repetitions complete (cut short" in md.read_text()
+    assert "| w | 100 | 0.990 (0.95-1.01) ok |" in md.read_text()  # the rep 3 "none" alone pairs with nothing

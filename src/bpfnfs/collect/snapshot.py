@@ -39,6 +39,8 @@ class FieldArith:
     """Field-wise + and - for the stats records (counters and Log2Hist fields alike):
     cumulative snapshots are summed over keys and differenced over intervals."""
 
+    __slots__ = ()  # lets a subclass with slots (FileStats: one per file, 100k+) have no __dict__
+
     def _combine(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
         return type(self)(*(op(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))  # type: ignore[arg-type]
 
@@ -131,7 +133,7 @@ class VfsKey:
     comm: str
 
 
-@dataclass
+@dataclass(slots=True)
 class FileStats(FieldArith):
     reads: int = 0
     writes: int = 0

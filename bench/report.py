@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import agents, incumbents
+
 TARGET_RATIO = {"bpfnfs-metrics": 0.99, "bpfnfs-trace-all": 0.97}
 TARGET_CORE_AT_10K = 0.02  # fraction of a core at 10,000 ops/s
 TARGET_RSS_MIB = 40.0
 TARGET_ATTACH_S = 1.0
+
+
+def _in_table_order(names: Any) -> list[str]:
+    """Configurations as the bench defines them (results.json has its keys sorted)."""
+    order = [*agents.specs(None), *incumbents.TOOLS]
+    return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
 
 
 def _ratio(cell: dict[str, Any] | None) -> str:
@@ -37,7 +45,7 @@ def tables(suite: str, doc: dict[str, Any]) -> list[tuple[str, list[str], list[l
     summ = doc.get("overhead_summary") or {}
     o = doc.get("overhead") or {}
     if summ.get("ratios"):
-        configs = [c for c in o["configs"] if c != "none"]
+        configs = [c for c in _in_table_order(o["configs"]) if c != "none"]
         header = ["workload", "no agent ops/s", *configs]
         rows = []
         for w in o["workloads"]:
@@ -62,7 +70,8 @@ def tables(suite: str, doc: dict[str, Any]) -> list[tuple[str, list[str], list[l
             "BPF maps MiB",
         ]
         rows = []
-        for c, k in summ["cost"].items():
+        for c in _in_table_order(summ["cost"]):
+            k = summ["cost"][c]
             at10k = k["cpu_s_per_10k_ops"]
             rows.append(
                 [

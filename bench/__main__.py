@@ -140,11 +140,12 @@ def merge(paths: list[Path]) -> dict[str, Any]:
                 if into.get(k):
                     raise LabError(f"--merge: {path}: {suite} {k} is in two of the runs")
                 into[k] = doc[k]
-                if k == "overhead":
-                    _summarize_cut_short(doc)
-                    into["overhead_summary"] = doc["overhead_summary"]
-                    into["meta"] = {**into["meta"], **doc.get("meta", {})}  # the table's parameters
-            into["meta"] = {**doc.get("meta", {}), **into["meta"]}
+            if "overhead" in ran:
+                _summarize_cut_short(doc)  # results.json written before run_suite did so
+                into["overhead_summary"] = doc["overhead_summary"]
+            # The header line's parameters are the overhead run's; other runs only fill gaps.
+            meta = doc.get("meta", {})
+            into["meta"] = {**into["meta"], **meta} if "overhead" in ran else {**meta, **into["meta"]}
             part_vm = doc.get("vm") or {}
             into["parts"].append({"sections": ran, "vcpus": doc.get("meta", {}).get("vcpus"), "vm": part_vm})
             if "vm" not in into or part_vm.get("rc"):

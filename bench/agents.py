@@ -113,9 +113,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (all threads)
 
 
-def _peak_rss_kib(pid: int) -> int:
+def status_kib(pid: int, key: str) -> int:
+    """One kB figure of /proc/PID/status: VmHWM (peak RSS), VmRSS..."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1])
     return 0
 
@@ -187,7 +188,7 @@ class Running:
             )
         self.cost.cpu_s = self.cpu_seconds() - self._cpu0
         self.cost.wall_s = time.monotonic() - self._t0
-        self.cost.peak_rss_kib = _peak_rss_kib(pid)
+        self.cost.peak_rss_kib = status_kib(pid, "VmHWM")
         self.cost.bpf_map_bytes, self.cost.bpf_maps = bpf_map_memory(pid)
         if self.spec.freeze:
             os.killpg(pid, signal.SIGCONT)

@@ -185,13 +185,6 @@ def scrape(keep: Iterable[str]) -> Scrape:
 # ---- the agent's process --------------------------------------------------------------------
 
 
-def _status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 @dataclass
 class Monitor:
     """Periodic scrapes and the agent's memory while the activity runs."""
@@ -213,7 +206,7 @@ class Monitor:
             self.collections[s.collected_at] = s.collection_s
         pid = self.run.pid
         if pid is not None:
-            self.rss_kib.append(_status_kib(pid, "VmRSS"))
+            self.rss_kib.append(agents.status_kib(pid, "VmRSS"))
             self.bpf_bytes.append(agents.bpf_map_memory(pid)[0])
 
     @property
@@ -401,7 +394,7 @@ def _run_workers(
 ) -> None:
     """Runs the workers (through a spawner process, so that a slow scrape here never holds
     up the next fork) and scrapes the agent meanwhile, as Prometheus would (every 15 s), but
-    idle at least twice as long as the last scrape took: under TCG a scrape at full size takes
+    idle at least three times as long as the last scrape took: under TCG a scrape at full size takes
     minutes, and back-to-back scrapes would measure the scraper, not the agent."""
     rfd, wfd = os.pipe()
     spawner = os.fork()
@@ -749,7 +742,7 @@ def run_scale(
         phase("agent_attach_s")
         _wait_ready(mon, mps)
         assert run.pid is not None
-        rss_ready = _status_kib(run.pid, "VmRSS")
+        rss_ready = agents.status_kib(run.pid, "VmRSS")
         phase("agent_ready_s")
         before = _stable_reading(mon, mps, COMPARE)
         phase("baseline_s")
@@ -777,7 +770,7 @@ def run_scale(
 
         pid = run.pid
         assert pid is not None
-        rss_now = _status_kib(pid, "VmRSS")
+        rss_now = agents.status_kib(pid, "VmRSS")
         bpf_bytes, bpf_maps = agents.bpf_map_memory(pid)
         cost = run.stop()
         run = None

@@ -1,7 +1,8 @@
 # Stable entry points (other tooling calls these names):
 #   make setup   install apt + pip dependencies, build the BPF object, install bpfnfs into .venv
 #   make demo    boot the bookworm lab VM with real NFS and a workload, show bpfnfs's live table
-#   make test    unit tests + lab tests on bullseye (5.10), bookworm (6.1), trixie (6.12)
+#   make test    unit tests + lab tests on bullseye (5.10), bookworm (6.1), trixie (6.12),
+#                trixie-backports (Debian's newest, 7.x, preemptible) and trixie-preempt (6.12, preempt=full)
 #   make lab SUITES="bookworm"   lab tests only
 #   make bench   overhead, agent cost, scale and transport in the lab VM (BENCH_SUITES, default bookworm);
 #                prints the table, writes build/bench/results.json and docs/benchmarks.md
@@ -9,7 +10,7 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SUITES ?= bullseye bookworm trixie
+SUITES ?= bullseye bookworm trixie trixie-backports trixie-preempt
 BENCH_SUITES ?= bookworm
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3 python3-venv python3-pip \
 	qemu-system-x86 busybox-static kmod cpio nfs-kernel-server nfs-common rpcbind fio \

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=REPO / "build" / "bench")
     p.add_argument("--docs", type=Path, default=DOCS, help="Markdown file whose results section is rewritten")
     p.add_argument("--no-bcc", action="store_true", help="leave out BCC's nfsslower and nfsdist")
-    p.add_argument("--sections", nargs="*", default=None, help="overhead scale transport (default: all)")
+    p.add_argument("--sections", nargs="*", default=None, help="sections (default: all)")
     p.add_argument("--configs", nargs="*", default=None, help="configurations to compare (default: all)")
     p.add_argument("--workloads", nargs="*", default=None, help="fio workloads (default: all)")
     p.add_argument("--runtime", type=float, default=None, help="seconds per timed workload (default 5)")

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import agents, transport, workloads
+from bench import agents, counting, transport, workloads
 from bench.agents import AgentError
 from bench.workloads import WorkloadError
 
 MOUNT = Path("/mnt/nfs4")  # NFSv4.2: the protocol most clients use today
-SECTIONS = ("overhead", "scale", "transport")
+SECTIONS = ("overhead", "counting", "scale", "transport")
 
 
 def log(msg: str) -> None:
@@ -237,6 +237,27 @@ def main(argv: list[str] | None = None) -> int:
         overhead(args, res, specs)
         res.put("overhead_summary", summarize_overhead(res.doc))
         failed |= bool(res.doc["overhead"]["errors"])
+    if "counting" in args.sections:
+        # The smoke run takes one workload per kind of hook: RPCs, the syscall side cached, metadata.
+        smoke_wl = ["randread-4k-direct", "randread-4k-buffered", "metadata"]
+        try:
+            res.put(
+                "counting",
+                counting.run_counting(
+                    MOUNT / "bench",
+                    args.out,
+                    list(workloads.by_name(args.workloads or (smoke_wl if args.smoke else None))),
+                    runtime=args.runtime,
+                    size_mib=args.size_mib,
+                    meta_files=args.meta_files,
+                    drop_caches=drop_caches,
+                    log=log,
+                ),
+            )
+        except (AgentError, WorkloadError, OSError, subprocess.SubprocessError) as exc:
+            log(f"counting: error: {exc}")
+            res.put("counting", {"error": str(exc)})
+            failed = True
     if "scale" in args.sections:
         from bench.scale import run_scale
 

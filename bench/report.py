@@ -97,6 +97,36 @@ def tables(suite: str, doc: dict[str, Any]) -> list[tuple[str, list[str], list[l
                 rows,
             )
         )
+    ct = doc.get("counting")
+    if ct:
+        if "error" in ct:
+            out.append((f"{suite}: counting methods", ["error"], [[ct["error"]]]))
+        else:
+            f, k = ct["methods"].get("fentry", {}), ct["methods"].get("kprobe", {})
+            rows = []
+            for w in ct["workloads"]:
+                fw, kw = f.get(w, {}), k.get(w, {})
+                rows.append(
+                    [
+                        w,
+                        _num(fw.get("bpf_ns_per_op"), "{:.0f}"),
+                        _num(kw.get("bpf_ns_per_op"), "{:.0f}"),
+                        _num(ct["ratio_kprobe_to_fentry"].get(w)),
+                        _num(fw.get("ops_per_s"), "{:.0f}"),
+                        _num(kw.get("ops_per_s"), "{:.0f}"),
+                        f"{fw.get('recursion_misses', 0)} / {kw.get('recursion_misses', 0)}",
+                    ]
+                )
+            head = [
+                "workload",
+                "fentry BPF ns/op",
+                "kprobe BPF ns/op",
+                "kprobe/fentry",
+                "fentry ops/s",
+                "kprobe ops/s",
+                "misses fentry / kprobe",
+            ]
+            out.append((f"{suite}: counting methods, kernel cost per op (bpf_stats)", head, rows))
     sc = doc.get("scale")
     if sc:
         if "error" in sc:

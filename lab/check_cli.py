@@ -21,7 +21,7 @@ from typing import Any
 
 BPFNFS = [sys.executable, "-m", "bpfnfs"]
 # Kernel program names are cut to 15 characters; these prefixes cover every bpfnfs program.
-OUR_PROGS = ("btf_", "fe_nfs", "fx_nfs", "kp_nfs", "krp_nfs", "raw_rpc", "tp_rpc", "tp_nfs")
+OUR_PROGS = ("btf_", "fe_nfs", "fx_nfs", "kp_nfs", "krp_nfs", "kp_rpc", "raw_rpc", "tp_rpc", "tp_nfs")
 
 
 def log(msg: str) -> None:

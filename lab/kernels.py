@@ -3,6 +3,15 @@
 A suite is resolved through its ``linux-image-amd64`` metapackage, because exact ABI packages
 disappear from the mirror at each point release. apt runs against a private state/cache/sources
 under the lab cache, so the machine's own apt state is never touched.
+
+Debian's 7.x kernels (trixie-backports, sid) ship split packages: ``linux-image-K`` is empty and
+depends on ``linux-binary-K`` (``/usr/lib/modules/K/vmlinuz``), ``linux-modules-K`` and
+``linux-base-K`` (config, System.map). They are fetched together and laid out like a classic
+package (``boot/vmlinuz-K``, ``boot/config-K``, ``lib/modules/K``).
+
+A lab *target* is a suite plus kernel command-line options: ``trixie-preempt`` boots trixie's
+kernel with ``preempt=full`` (Debian builds PREEMPT_DYNAMIC kernels with voluntary preemption
+as the default).
 """
 
 from __future__ import annotations
@@ -20,7 +29,25 @@ from pathlib import Path
 
 from lab.common import LabError, cache_root, file_lock, log, run_tool
 
-SUITES: dict[str, str] = {"bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12"}
+
+@dataclass(frozen=True)
+class Target:
+    apt_suite: str  # the Debian suite whose linux-image-amd64 is booted
+    series: str  # kernel series, for messages
+    cmdline: str = ""  # extra kernel command-line options
+
+
+SUITES: dict[str, Target] = {
+    "bullseye": Target("bullseye", "5.10"),
+    "bookworm": Target("bookworm", "6.1"),
+    "trixie": Target("trixie", "6.12"),
+    # Debian's newest kernel: preemption "full (lazy)" by default, split packages.
+    "trixie-backports": Target("trixie-backports", "7.x"),
+    # The same 6.12 as trixie, fully preemptible: BPF programs can be preempted on their CPU.
+    "trixie-preempt": Target("trixie", "6.12", "preempt=full"),
+}
+# Packages a split kernel (7.x) spreads its files over, besides the empty linux-image-K.
+_SPLIT_PARTS = ("linux-binary-", "linux-modules-", "linux-base-")
 MIRROR = os.environ.get("BPFNFS_LAB_MIRROR", "http://deb.debian.org/debian")
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 _COMPLETE = ".complete"
@@ -48,14 +75,21 @@ def check_suite(suite: str) -> None:
         raise LabError(f"unknown suite {suite!r} (choose from: {', '.join(SUITES)})")
 
 
+def cmdline(suite: str) -> str:
+    """Extra kernel command-line options of a lab target ("" for a plain suite)."""
+    check_suite(suite)
+    return SUITES[suite].cmdline
+
+
 def fetch(suite: str, *, refresh: bool = False) -> Kernel:
     """Return the cached kernel for ``suite``, downloading it first if needed (or if ``refresh``)."""
     check_suite(suite)
+    apt_suite = SUITES[suite].apt_suite
     cache = cache_root()
-    with file_lock(cache / "locks" / f"kernel-{suite}.lock"):
-        if not refresh and (kernel := _cached(cache, suite)):
+    with file_lock(cache / "locks" / f"kernel-{apt_suite}.lock"):
+        if not refresh and (kernel := _cached(cache, apt_suite)):
             return kernel
-        return _download(cache, suite)
+        return _download(cache, apt_suite)
 
 
 def _cached(cache: Path, suite: str) -> Kernel | None:
@@ -119,17 +153,19 @@ def _download(cache: Path, suite: str) -> Kernel:
     if failed:
         raise LabError(f"apt-get update for {suite} failed: {' '.join(failed[0].split())}")
     package = _resolve(opts, suite)
+    packages = [package, *_split_parts(opts, package)]
     kernels = cache / "kernels"
     kernels.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{suite}-", dir=kernels) as tmp:
         work = Path(tmp)
-        log(f"{suite}: downloading {package}")
-        run_tool(["apt-get", *opts, "-q", "download", package], f"downloading {package}", cwd=work)
+        log(f"{suite}: downloading {' '.join(packages)}")
+        run_tool(["apt-get", *opts, "-q", "download", *packages], f"downloading {package}", cwd=work)
         debs = sorted(work.glob("*.deb"))
-        if not debs:
-            raise LabError(f"downloading {package} failed: no .deb was written")
+        if len(debs) != len(packages):
+            raise LabError(f"downloading {package} failed: {len(debs)} of {len(packages)} .deb files written")
         tree = work / "tree"
-        run_tool(["dpkg-deb", "-x", debs[0], tree], f"unpacking {debs[0].name}")
+        for deb in debs:
+            run_tool(["dpkg-deb", "-x", deb, tree], f"unpacking {deb.name}")
         release = _normalize_tree(tree, package)
         run_tool(["depmod", "-b", tree, release], f"depmod for {release}")
         (tree / _COMPLETE).touch()
@@ -149,8 +185,23 @@ def _download(cache: Path, suite: str) -> Kernel:
     return kernel
 
 
+def _split_parts(opts: list[str], package: str) -> list[str]:
+    """The linux-binary/-modules/-base packages a split (7.x) linux-image-K depends on; [] otherwise."""
+    out = run_tool(["apt-cache", *opts, "depends", package], f"looking up {package}").stdout
+    release = package.removeprefix("linux-image-")
+    parts = []
+    for line in out.splitlines():
+        m = re.match(r"\s*\|?Depends:\s*(\S+)", line)
+        if m and m.group(1) in {f"{p}{release}" for p in _SPLIT_PARTS}:
+            parts.append(m.group(1))
+    return sorted(set(parts))
+
+
 def _normalize_tree(tree: Path, package: str) -> str:
-    """Move usr/lib/modules (trixie, merged /usr) to lib/modules, where kmod's -b/-d look; return KVER."""
+    """Lay the unpacked packages out as kmod and the lab expect; return KVER.
+
+    usr/lib/modules (merged /usr, trixie on) moves to lib/modules, where kmod's -b/-d look; a
+    split kernel's lib/modules/K/{vmlinuz,config} move to boot/{vmlinuz,config}-K."""
     usr_mods = tree / "usr" / "lib" / "modules"
     mods = tree / "lib" / "modules"
     if usr_mods.is_dir() and not mods.exists():
@@ -160,7 +211,13 @@ def _normalize_tree(tree: Path, package: str) -> str:
     if len(releases) != 1:
         raise LabError(f"{package}: expected one modules directory, found {releases or 'none'}")
     release = releases[0]
-    if not (tree / "boot" / f"vmlinuz-{release}").is_file():
+    boot = tree / "boot"
+    for name in ("vmlinuz", "config", "System.map"):
+        inside = mods / release / name
+        if inside.is_file() and not (boot / f"{name}-{release}").exists():
+            boot.mkdir(exist_ok=True)
+            inside.rename(boot / f"{name}-{release}")
+    if not (boot / f"vmlinuz-{release}").is_file():
         raise LabError(f"{package}: no boot/vmlinuz-{release} in the package")
     return release
 
@@ -229,9 +286,9 @@ def fetch_headers(suite: str) -> Path:
     kernel = fetch(suite)
     cache = cache_root()
     final = cache / "headers" / kernel.release
-    with file_lock(cache / "locks" / f"kernel-{suite}.lock"):
+    with file_lock(cache / "locks" / f"kernel-{kernel.suite}.lock"):
         if not (final / _COMPLETE).exists():
-            _download_headers(cache, suite, kernel.release, final)
+            _download_headers(cache, kernel.suite, kernel.release, final)
     return _headers_source(final, kernel.release)
 
 

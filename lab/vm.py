@@ -92,8 +92,9 @@ def run(
         [
             "console=ttyS0 quiet panic=-1 mitigations=off nokaslr rdinit=/init",
             f"lab.init={GUEST_INIT} lab.out={out} lab.nfs={mode} lab.rows={rows} lab.cols={cols}",
+            kernels.cmdline(suite),
         ]
-    )
+    ).strip()
     with tempfile.TemporaryDirectory(prefix="bpfnfs-lab-") as tmp:
         cmd_pipe = Path(tmp) / "cmd"
         for suffix in (".in", ".out"):

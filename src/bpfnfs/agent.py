@@ -1,40 +1,29 @@
-"""The agent: preflight, tier choice, load and attach (lazily, when the NFS
-modules appear), and periodic collection into per-mount reports."""
+"""The agent: preflight, then loading through probes/loading.py (lazily, when the
+NFS modules appear), the ring buffer's drain, and periodic collection into
+per-mount reports with what the kernel skipped (collect/losses.py)."""
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from bpfnfs.collect import records as R
-from bpfnfs.collect.snapshot import FileKey, check_layouts, read_snapshot
+from bpfnfs.collect.losses import hook_losses, total_lost
+from bpfnfs.collect.snapshot import FileKey, read_snapshot
 from bpfnfs.collect.views import Report, build_report
 from bpfnfs.config import Config, ConfigError
 from bpfnfs.enrich import cgroups
 from bpfnfs.enrich.mounts import MountRegistry, client_transports
 from bpfnfs.loader.libbpf import libbpf
-from bpfnfs.loader.object import BpfObject, LoadError, kprobe_misses, object_bytes
-from bpfnfs.probes import btf, system, tiers
+from bpfnfs.loader.object import BpfObject, LoadError, kprobe_misses
+from bpfnfs.probes import system, tiers
+from bpfnfs.probes.loading import Counting, Loader
 from bpfnfs.ringbuf import RingBuffer
 
-# Without these nothing mountstats-like works: a failure to attach them is fatal.
-CORE_PROGRAMS = {
-    "btf_rpc_stats_latency",
-    "raw_rpc_stats_latency",
-    "tp_rpc_stats_latency",
-    "tp_rpc_task_end",
-    "tp_rpc_request",
-}
 MAX_EVENTS = 65536
-# Calls in flight per kretprobe (the kernel's limit is 4096). NFS calls sleep, so the
-# default (one per CPU on non-preemptible kernels) loses returns under any concurrency.
-KRETPROBE_MAXACTIVE = 1024
 DRAIN_PERIOD = 0.1  # seconds between ring buffer drains
 
 
@@ -42,24 +31,13 @@ def stderr_log(msg: str) -> None:
     print(f"bpfnfs: {msg}", file=sys.stderr, flush=True)
 
 
-def _kernel_at_least(major: int, minor: int) -> bool:
-    try:
-        parts = platform.release().split(".")
-        return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
-    except (ValueError, IndexError):
-        return True
-
-
 class Agent:
     def __init__(self, cfg: Config, log: Callable[[str], None] = stderr_log) -> None:
         self.cfg = cfg
         self.log = log
         self.tracefs: Path | None = None
-        self.objs: list[BpfObject] = []
-        self.plan: tiers.TierPlan | None = None
+        self.loader = Loader(cfg, log)
         self.mounts = MountRegistry(None, proc=cfg.proc, log=log)
-        self.attached_at: float | None = None
-        self.probe_failures: dict[str, str] = {}  # program -> why it is not attached
         self.paths: dict[FileKey, tuple[str, bool]] = {}  # (path below the superblock root, truncated)
         self.events: deque[tuple[object, ...]] = deque(maxlen=MAX_EVENTS)
         self.events_overflow = 0
@@ -68,7 +46,6 @@ class Agent:
         self.cgroups = cgroups.CgroupResolver(self.cgroup_root)
         self._cgroup_filter: Path | None = None
         self._filter_ids: set[int] = set()
-        self._waiting_logged = False
         self._no_mounts_logged = False
         self._known_devs: set[int] = set()
         self._files_deleted = 0
@@ -84,7 +61,7 @@ class Agent:
         """Everything that must hold before loading; raises RequirementError, LibbpfError or ConfigError."""
         system.check_privileges()
         system.check_vmlinux_btf()
-        self.tracefs = system.check_tracefs()
+        self.tracefs = self.loader.tracefs = system.check_tracefs()
         libbpf()  # loads the library and checks its version
         if self.cfg.filter_pid is not None and not Path(f"{self.cfg.proc}/{self.cfg.filter_pid}").exists():
             raise ConfigError(f"--pid {self.cfg.filter_pid}: no such process")
@@ -94,146 +71,41 @@ class Agent:
             except cgroups.CgroupError as e:
                 raise ConfigError(str(e)) from None
 
-    # ---- loading ----------------------------------------------------------------------------
+    # ---- loading (probes/loading.py) ---------------------------------------------------------
 
-    def _flags(self) -> int:
-        f = R.CFG_F_EVENTS if self.cfg.slow_ms is not None else 0
-        if self.cfg.by == "process" or self.cfg.filter_pid is not None or self.cfg.metrics_pid:
-            f |= R.CFG_F_VFS_PID
-        if self.cfg.filter_pid is not None:
-            f |= R.CFG_F_FILTER_PID
-        if self.cfg.filter_comm is not None:
-            f |= R.CFG_F_FILTER_COMM
-        if self._cgroup_filter is not None:
-            f |= R.CFG_F_FILTER_CGROUP
-        return f
+    @property
+    def objs(self) -> list[BpfObject]:
+        return self.loader.objs
 
-    def _usable(self, programs: tuple[str, ...], tier: str) -> tuple[str, ...]:
-        """Drops syscall-side programs whose function this kernel lacks or shaped differently."""
-        keep = list(programs)
-        if tier == "btf":
-            by_mod: dict[str, list[str]] = {}
-            for p in programs:
-                fn = tiers.vfs_function(p) if p.startswith(("fe_", "fx_")) else None
-                if fn:
-                    by_mod.setdefault(fn[1], []).append(fn[0])
-            for mod, names in by_mod.items():
-                arity = btf.function_arity(mod, sorted(set(names)))
-                for name in names:
-                    want = next(n for f, _m, n in tiers.VFS_FUNCTIONS if f == name)
-                    got = arity.get(name)
-                    if got != want:
-                        why = (
-                            f"{name} is not in the {mod} module's BTF"
-                            if got is None
-                            else f"{name} takes {got} arguments here, bpfnfs expects {want}"
-                        )
-                        for p in (f"fe_{name}", f"fx_{name}"):
-                            if p in keep:
-                                keep.remove(p)
-                                self.probe_failures[p] = why
-        return tuple(keep)
+    @property
+    def plan(self) -> tiers.TierPlan | None:
+        return self.loader.plan
 
-    def _load(self, programs: tuple[str, ...], offsets: dict[str, int], tier: str) -> BpfObject:
-        obj = BpfObject(object_bytes()).open()
-        try:
-            obj.set_autoload(set(programs))
-            first = self.obj
-            if first is not None:
-                # Every map is shared with the first instance, except its own
-                # .rodata/.bss/.data (libbpf names those "<object>.<section>").
-                for name, m in obj.maps.items():
-                    if "." not in name:
-                        m.reuse_fd(first.maps[name].fd)
-            else:
-                obj.maps["files"].set_max_entries(self.cfg.max_files)
-            flags = self._flags()
-            if tier == "tracefs" and _kernel_at_least(5, 12):
-                flags |= R.CFG_F_IDMAP_ARGS
-            slow_ns = round((self.cfg.slow_ms or 0) * 1e6)
-            obj.set_rodata(
-                R.pack_config(
-                    os.getpid(),
-                    flags,
-                    slow_ns,
-                    system.o_direct(),
-                    offsets,
-                    self.cfg.filter_pid or 0,
-                    self.cfg.filter_comm or "",
-                )
-            )
-            obj.load()
-            check_layouts(obj.maps)
-            for name in programs:
-                try:
-                    if name.startswith("krp_") and self.tracefs is not None:
-                        obj.attach_kretprobe(name, name[4:], KRETPROBE_MAXACTIVE, self.tracefs)
-                    else:
-                        obj.attach(name)
-                except LoadError as e:
-                    if name in CORE_PROGRAMS:
-                        raise
-                    self.probe_failures[name] = str(e).splitlines()[0]
-        except Exception:
-            obj.close()
-            raise
-        return obj
+    @property
+    def probe_failures(self) -> dict[str, str]:
+        return self.loader.probe_failures
+
+    @property
+    def attached_at(self) -> float | None:
+        return self.loader.attached_at
+
+    @property
+    def counting(self) -> Counting | None:
+        return self.loader.counting
 
     def try_attach(self) -> bool:
         """Load and attach if the NFS client modules are present; True once attached."""
-        if self.objs:
-            self._attach_deferred()
-            return True
-        assert self.tracefs is not None, "preflight() first"
-        mods = system.modules(self.tracefs)
-        if not mods.ready:
-            if not self._waiting_logged:
-                missing = [n for n, ok in (("sunrpc", mods.sunrpc), ("nfs", mods.nfs)) if not ok]
-                self.log(
-                    f"waiting for the {' and '.join(missing)} module{'s' if len(missing) > 1 else ''} "
-                    "(no NFS client loaded yet); will attach when they appear"
-                )
-                self._waiting_logged = True
+        first = not self.loader.objs
+        if not self.loader.try_attach(self._cgroup_filter is not None):
             return False
-        t0 = time.monotonic()
-        self.plan = tiers.plan(self.cfg.tier, mods.have_module_btf, self.tracefs, mods.loaded)
-        self.log(self.plan.describe())
-        progs = self._usable(self.plan.programs, self.plan.tier)
-        obj = self._load(progs, self.plan.offsets, self.plan.tier)
-        self.objs.append(obj)
-        self.ring = RingBuffer(libbpf(), obj.maps["events"].fd, (R.OP_EVENT.size, R.PATH_EVENT.size))
-        self._drainer = threading.Thread(target=self._drain_loop, name="bpfnfs-ring", daemon=True)
-        self._drainer.start()
-        self.attached_at = time.monotonic()
-        self.mounts.probe_map = obj.maps["mount_probe"]
-        self._update_cgroup_filter()
-        waiting = f"; waiting for {', '.join(sorted(self.plan.deferred))}" if self.plan.deferred else ""
-        self.log(
-            f"attached {len(obj.links)} programs in {1000 * (self.attached_at - t0):.0f} ms "
-            f"(libbpf {libbpf().version_string}){waiting}"
-        )
-        for p, why in sorted(self.probe_failures.items()):
-            self.log(f"warning: {p} not attached: {why}")
+        if first:
+            obj = self.loader.objs[0]
+            self.ring = RingBuffer(libbpf(), obj.maps["events"].fd, (R.OP_EVENT.size, R.PATH_EVENT.size))
+            self._drainer = threading.Thread(target=self._drain_loop, name="bpfnfs-ring", daemon=True)
+            self._drainer.start()
+            self.mounts.probe_map = obj.maps["mount_probe"]
+            self._update_cgroup_filter()
         return True
-
-    def _attach_deferred(self) -> None:
-        """Programs whose module (e.g. nfsv4) loaded after start: a second instance of the
-        object, sharing every map with the first."""
-        plan = self.plan
-        if plan is None or not plan.deferred or self.tracefs is None:
-            return
-        mods = system.modules(self.tracefs)
-        ready = [m for m in plan.deferred if m in mods.loaded]
-        if not ready:
-            return
-        full = tiers.plan(self.cfg.tier, mods.have_module_btf, self.tracefs, mods.loaded)
-        progs = tuple(p for m in ready for p in plan.deferred[m])
-        progs = self._usable(progs, plan.tier)
-        obj = self._load(progs, full.offsets, plan.tier)
-        self.objs.append(obj)
-        deferred = {m: ps for m, ps in plan.deferred.items() if m not in ready}
-        self.plan = tiers.TierPlan(plan.tier, plan.reason, plan.programs + progs, plan.offsets, deferred)
-        self.log(f"{', '.join(ready)} loaded: attached {len(obj.links)} more programs")
 
     def _update_cgroup_filter(self) -> None:
         if self._cgroup_filter is None or not self.objs:
@@ -318,6 +190,8 @@ class Agent:
         self.drain()
         self._retire({nm.mount.dev for nm in self.mounts.nfs_list()})
         snap = read_snapshot(self.obj.maps)
+        snap.programs = self.loader.program_stats()
+        snap.hooks = hook_losses(snap.programs, snap.programs)
         snap.counters["file_evictions"] = max(
             0, snap.counters.get("file_inserts", 0) - len(snap.files) - self._files_deleted
         )
@@ -342,6 +216,12 @@ class Agent:
             probe_failures=self.probe_failures,
         )
 
+    def skipped_events(self) -> int | None:
+        """Events the kernel skipped before any bpfnfs program saw them (collect/losses.py);
+        None where the kernel keeps no miss counter (< 5.12)."""
+        stats = self.loader.program_stats()
+        return total_lost(hook_losses(stats, stats))
+
     def counter(self, name: str) -> int:
         """One self-accounting counter, read straight from the kernel (cheap: one lookup)."""
         if not self.objs:
@@ -356,7 +236,7 @@ class Agent:
 
     @property
     def tier(self) -> str | None:
-        return self.plan.tier if self.plan else None
+        return self.loader.tier
 
     def close(self) -> None:
         self._stop.set()
@@ -366,8 +246,7 @@ class Agent:
             if self.ring is not None:
                 self.ring.close()
                 self.ring = None
-        while self.objs:
-            self.objs.pop().close()
+        self.loader.close()
 
 
 __all__ = ["Agent", "LoadError", "stderr_log"]

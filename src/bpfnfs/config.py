@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 BY = ("mount", "op", "process", "cgroup", "file")
+COUNTING = ("auto", "fentry", "kprobe")
 SORT = ("ops", "bytes", "latency")
 COMM_MAX = 15  # TASK_COMM_LEN - 1: the kernel truncates longer names
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+|[A-Za-z0-9]([A-Za-z0-9_.-]{0,252}))$")
@@ -43,12 +44,17 @@ class Config:
     metrics_pid: bool = False  # add the pid label to per-process series
     # bpfnfs trace
     trace_rpc: bool = False  # also slow RPCs, not only syscall-side ops
+    # How counting hooks are attached (docs/design.md, "Preemption"): auto picks the
+    # kprobe method on preemptible kernels, fentry elsewhere.
+    counting: str = "auto"
 
     def __post_init__(self) -> None:
         if not (0.05 <= self.interval <= 3600):
             raise ConfigError(f"interval must be between 0.05 and 3600 seconds, got {self.interval}")
         if self.count is not None and self.count < 1:
             raise ConfigError(f"count must be at least 1, got {self.count}")
+        if self.counting not in COUNTING:
+            raise ConfigError(f"counting must be one of {', '.join(COUNTING)}, got {self.counting!r}")
         if self.tier not in ("auto", "btf", "tracefs"):
             raise ConfigError(f"tier must be auto, btf or tracefs, got {self.tier!r}")
         if self.slow_ms is not None and self.slow_ms < 0:

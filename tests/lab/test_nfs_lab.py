@@ -1,13 +1,18 @@
 """bpfnfs against real kernels and a real nfsd, in QEMU (the lab).
 
-One VM per kernel (LAB_SUITES, default bullseye bookworm trixie), two at a
-time: each runs lab.check (agent vs /proc/self/mountstats deltas around an fio,
-dd and metadata workload on an NFSv3 and an NFSv4.2 mount) and lab.check_cli
-(the command as a person runs it). A further bookworm VM boots without NFS to
-check that bpfnfs waits and attaches when the modules load. lab.check_client
-then checks the client picture: per-process and per-cgroup syscall counts,
-writeback billed to the dirtying cgroup, per-file top-N, errno per layer, soft
-mount timeouts, the file LRU at 100,000 files, and stale series.
+One VM per lab target (LAB_SUITES, default bullseye bookworm trixie
+trixie-backports trixie-preempt: 5.10, 6.1, 6.12, Debian's newest 7.x with
+preemption "full (lazy)", and 6.12 booted with preempt=full), two at a time:
+each runs lab.check (agent vs /proc/self/mountstats deltas around an fio, dd
+and metadata workload and every path that moves the bytes: counters, on an
+NFSv3 and an NFSv4.2 mount; on the preemptible kernels from three workers at
+once, next to the old counting method, which must lose events and report
+them) and lab.check_cli (the command as a person runs it). Further VMs boot
+without NFS to check that bpfnfs waits and attaches when the modules load.
+lab.check_client then checks the client picture: per-process and per-cgroup
+syscall counts, writeback billed to the dirtying cgroup, per-file top-N, errno
+per layer, soft mount timeouts, the file LRU at 100,000 files, and stale
+series.
 
 The oracle is the kernel: counts and bytes must be equal, cumulative times
 within 1 ms (mountstats prints floor(ns / 1e6) of its running sums).
@@ -28,10 +33,28 @@ import pytest
 pytestmark = pytest.mark.lab
 
 ROOT = Path(__file__).resolve().parents[2]
-SUITES = os.environ.get("LAB_SUITES", "bullseye bookworm trixie").split()
+SUITES = os.environ.get("LAB_SUITES", "bullseye bookworm trixie trixie-backports trixie-preempt").split()
 OUT = ROOT / "build" / "lab"
 VENV_PY = str(ROOT / ".venv" / "bin" / "python")
-EXPECTED_TIER = {"bullseye": "tracefs", "bookworm": "btf", "trixie": "btf"}
+EXPECTED_TIER = {
+    "bullseye": "tracefs",
+    "bookworm": "btf",
+    "trixie": "btf",
+    "trixie-backports": "btf",
+    "trixie-preempt": "btf",
+}
+# Preemptible kernels count through kprobes and classic tracepoints; the others (and
+# the tracefs tier, which has nothing else) through tp_btf and fentry/fexit.
+EXPECTED_COUNTING = {
+    "bullseye": "kprobe",
+    "bookworm": "fentry",
+    "trixie": "fentry",
+    "trixie-backports": "kprobe",
+    "trixie-preempt": "kprobe",
+}
+PREEMPTIBLE = {"trixie-backports", "trixie-preempt"}
+# Module-load-after-start boots: one voluntary-preemption kernel, and the preemptible ones.
+LATE = ("bookworm", "trixie-backports", "trixie-preempt")
 
 
 def _guest_cmd(out: Path, late: bool) -> str:
@@ -75,7 +98,7 @@ def _boot(job: tuple[str, bool]) -> tuple[str, bool, Any]:
         out,
         nfs="none" if late else "full",
         mem="512M" if late else "1536M",
-        timeout=1500,
+        timeout=2400,
     )
     return suite, late, res
 
@@ -85,10 +108,11 @@ def lab_runs() -> dict[tuple[str, bool], Any]:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.fail("qemu-system-x86_64 is missing: run `make setup`")
     # The bench smoke first: it is the longest single VM, so the pool of two ends sooner.
+    # Longest first, so the pool of two ends together: the bench smoke, the preemptible
+    # kernels (three workers and a second agent), the others, the short late-attach boots.
     jobs = [("bench", False)] if "bookworm" in SUITES else []
-    jobs += [(s, False) for s in SUITES]
-    if "bookworm" in SUITES:
-        jobs.append(("bookworm", True))
+    jobs += sorted(((s, False) for s in SUITES), key=lambda j: j[0] not in PREEMPTIBLE)
+    jobs += [(s, True) for s in LATE if s in SUITES]
     with ThreadPoolExecutor(max_workers=2) as pool:
         return {(s, late): res for s, late, res in pool.map(_boot, jobs)}
 
@@ -105,6 +129,12 @@ def test_counts_equal_mountstats(suite: str, lab_runs: dict[tuple[str, bool], An
     bad = [c for c in r["checks"] if not c["ok"]]
     assert not bad, f"{suite} ({r['kernel']}, tier {r['tier']}): {len(bad)} mismatches: {bad[:10]}"
     assert r["tier"] == EXPECTED_TIER.get(suite, r["tier"])
+    assert r["counting"] == EXPECTED_COUNTING.get(suite, r["counting"]), r["counting_reason"]
+    # Every kernel-counted loss of the counting method itself would show here.
+    assert not any(r["hooks_lost"].values()), r["hooks_lost"]
+    # The six bytes: counters moved on every path of lab/bytes_paths.py.
+    moved = {c["quantity"] for c in r["checks"] if c["op"] == "bytes" and c["mountstats"]}
+    assert len(moved) == 6, moved
     ops = {(c["mount"], c["op"]) for c in r["checks"]}
     # The workload must have exercised both mounts' data and metadata paths.
     for mp in ("/mnt/nfs3", "/mnt/nfs4"):
@@ -112,6 +142,19 @@ def test_counts_equal_mountstats(suite: str, lab_runs: dict[tuple[str, bool], An
         assert (mp, "READ") in ops or (mp, "READ_PLUS") in ops, sorted(ops)
     assert r["self_counters"]["rpc_map_full"] == 0
     assert res.rc in (0, 3), f"guest command failed (rc {res.rc}): {res.error}; see {res.console_log}"
+
+
+@pytest.mark.parametrize("suite", sorted(PREEMPTIBLE & set(SUITES)))
+def test_old_method_loses_events_and_says_so(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
+    """On a preemptible kernel the old method (tp_btf, fentry/fexit) counted the same
+    three-worker window next to the kprobe method: it lost events (the kernel's miss
+    counters say so), its RPC shortfall equals what it reported lost, and it never
+    over-counted."""
+    r = _load(OUT / suite / "result.json")
+    assert r["preemptible"] and r["workers"] > 1
+    old = r["old_method"]
+    bad = [c for c in old["checks"] if not c["ok"]]
+    assert not bad, bad
 
 
 @pytest.mark.parametrize("suite", SUITES)
@@ -154,11 +197,12 @@ def test_operator_views(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> No
         assert what in names, f"scenario missing: {what}"
 
 
-def test_attaches_when_modules_load_late(lab_runs: dict[tuple[str, bool], Any]) -> None:
-    if ("bookworm", True) not in lab_runs:
-        pytest.skip("bookworm not in LAB_SUITES")
-    res = lab_runs[("bookworm", True)]
-    c = _load(OUT / "bookworm-late" / "cli-late.json")
+@pytest.mark.parametrize("suite", LATE)
+def test_attaches_when_modules_load_late(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
+    if (suite, True) not in lab_runs:
+        pytest.skip(f"{suite} not in LAB_SUITES")
+    res = lab_runs[(suite, True)]
+    c = _load(OUT / f"{suite}-late" / "cli-late.json")
     bad = [x for x in c["checks"] if not x["ok"]]
     assert not bad, bad
     assert res.rc == 0, f"rc {res.rc}: {res.error}; see {res.console_log}"
@@ -191,6 +235,13 @@ def test_bench_smoke(lab_runs: dict[tuple[str, bool], Any]) -> None:
         if c.startswith("bpfnfs"):
             assert k["bpf_map_mib"] > 0 and k["self_reported_attach_ms"] > 0, (c, k)
     assert doc["overhead_summary"]["cost"]["bpfnfs-metrics"]["scrape_kib"] > 0
+    # Counting methods: both ran every workload, and bpf_stats saw their programs run.
+    ct = doc["counting"]
+    assert "error" not in ct, ct
+    for method in ("fentry", "kprobe"):
+        for w in ct["workloads"]:
+            cell = ct["methods"][method][w]
+            assert cell["ops"] > 0 and cell["bpf_runs"] > 0 and cell["bpf_ns_per_op"] > 0, (method, w, cell)
     # Scale: nothing lost below the limits, every mount's counts exact.
     sc = doc["scale"]
     assert "error" not in sc, sc
@@ -201,5 +252,5 @@ def test_bench_smoke(lab_runs: dict[tuple[str, bool], Any]) -> None:
     assert all(s["exact"] for s in tr["steps"]), tr["steps"]
     assert tr["overload"]["lost"] > 0 and tr["overload"]["accounted"], tr["overload"]
     # The printed table covers every section.
-    for title in ("overhead", "agent cost", "scale", "transport"):
+    for title in ("overhead", "agent cost", "counting methods", "scale", "transport"):
         assert f"bookworm: {title}" in proc.stdout, proc.stdout[-2000:]

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfnfs.probes.tiers import BTF_PROGRAMS, TRACEFS_PROGRAMS, VFS_FUNCTIONS, TierError, plan, vfs_function
+from bpfnfs.probes.hooks import VFS_FUNCTIONS, fentry_programs, hook_of, kprobe_programs, vfs_function
+from bpfnfs.probes.tiers import TierError, plan, programs_for
 
 COMMON = """\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
 \tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
@@ -110,15 +111,34 @@ def fake_tracefs(
 
 def test_auto_prefers_btf(tmp_path: Path) -> None:
     p = plan("auto", True, fake_tracefs(tmp_path))
-    assert p.tier == "btf"
-    assert set(BTF_PROGRAMS) <= set(p.programs)
+    assert p.tier == "btf" and p.method == "fentry"
+    assert set(fentry_programs()) <= set(p.programs)
     assert p.offsets["rq_client_id"] == 12
+    assert "sl_client_id" not in p.offsets  # no classic tracepoint counts on this method
+
+
+def test_kprobe_method_on_the_btf_tier(tmp_path: Path) -> None:
+    p = plan("auto", True, fake_tracefs(tmp_path), method="kprobe")
+    assert (p.tier, p.method) == ("btf", "kprobe")
+    assert set(kprobe_programs()) <= set(p.programs)
+    assert not any(x.startswith(("fe_", "fx_")) for x in p.programs)
+    # RPC fields from a kprobe, not the (preemptible since 7.x) raw_tp half; the exact
+    # execute time from a tp_btf helper attached before the tracepoint program.
+    assert "raw_rpc_stats_latency" not in p.programs and "kp_rpc_count_iostats_metrics" in p.programs
+    assert p.programs.index("btf_rpc_execute_ns") < p.programs.index("tp_rpc_stats_latency")
+    assert p.offsets["sl_client_id"] == 12
+
+
+def test_tracefs_tier_always_counts_with_kprobes(tmp_path: Path) -> None:
+    p = plan("tracefs", True, fake_tracefs(tmp_path), method="fentry")
+    assert p.method == "kprobe"
+    assert set(programs_for("tracefs", "kprobe")) <= set(p.programs)
 
 
 def test_tracefs_offsets_5_10(tmp_path: Path) -> None:
     p = plan("auto", False, fake_tracefs(tmp_path))
     assert p.tier == "tracefs"
-    assert set(TRACEFS_PROGRAMS) <= set(p.programs)
+    assert set(programs_for("tracefs", "kprobe")) <= set(p.programs)
     assert p.offsets["sl_client_id"] == 12
     assert p.offsets["sl_rtt"] == 40
     assert p.offsets["rd_res_count"] == 36
@@ -151,16 +171,26 @@ def test_nfsv4_programs_wait_for_their_module(tmp_path: Path) -> None:
     p = plan("auto", True, fake_tracefs(tmp_path, nfsv4=False), frozenset({"sunrpc", "nfs"}))
     assert "fe_nfs_file_open" in p.programs
     assert set(p.deferred) == {"nfsv4"}
-    assert {"fe_nfs4_file_open", "fx_nfs4_file_flush", "tp_nfs4_xdr_status"} <= set(p.deferred["nfsv4"])
+    assert {"fe_nfs4_file_open", "fx_nfs4_file_flush", "btf_nfs4_xdr_status"} <= set(p.deferred["nfsv4"])
     assert not set(p.deferred["nfsv4"]) & set(p.programs)
     assert "x4_op" not in p.offsets
 
 
-def test_every_vfs_function_has_both_halves_in_each_tier() -> None:
-    for fn, _mod, _n in VFS_FUNCTIONS:
-        assert {f"fe_{fn}", f"fx_{fn}"} <= set(BTF_PROGRAMS)
-        assert {f"kp_{fn}", f"krp_{fn}"} <= set(TRACEFS_PROGRAMS)
-        assert vfs_function(f"fx_{fn}") == (fn, _mod, _n)
+def test_every_vfs_function_has_both_halves_in_each_method() -> None:
+    for f in VFS_FUNCTIONS:
+        assert {f"fe_{f.name}", f"fx_{f.name}"} <= set(fentry_programs())
+        assert {f"kp_{f.name}", f"krp_{f.name}"} <= set(kprobe_programs())
+        assert vfs_function(f"fx_{f.name}") == f
+        assert hook_of(f"fe_{f.name}") == f"{f.name}/entry"
+        assert hook_of(f"krp_{f.name}") == f"{f.name}/exit"
+
+
+def test_hook_names() -> None:
+    assert hook_of("btf_nfs_readpage_done") == "nfs:nfs_readpage_done"
+    assert hook_of("tp_rpc_stats_latency") == "sunrpc:rpc_stats_latency"
+    assert hook_of("kp_rpc_count_iostats_metrics") == "sunrpc:rpc_stats_latency"  # its fields
+    assert hook_of("btf_rpc_execute_ns") is None  # skipped: the µs value, counted apart
+    assert hook_of("tp_rpc_request") is None
 
 
 def test_nfs4_xdr_offsets_when_loaded(tmp_path: Path) -> None:

@@ -5,12 +5,22 @@
  * One object, two variants of each hook; the loader turns on one variant per
  * hook with bpf_program__set_autoload() (see probes/tiers.py):
  *
- *   tier "btf"     (module BTF for sunrpc/nfs, 5.11+): tp_btf + fexit, typed
- *                   access to rpc_task through CO-RE. Exact ns and every
- *                   mountstats per-op field.
+ *   tier "btf"     (module BTF for sunrpc/nfs, 5.11+): tp_btf + fentry/fexit,
+ *                   typed access to the kernel's structures through CO-RE.
+ *                   Exact ns and every mountstats per-op field.
  *   tier "tracefs" (no module BTF, e.g. 5.10): classic tracepoints whose field
  *                   offsets come from tracefs "format" files (in .rodata), a
  *                   raw_tp for nanosecond times, kprobes for nfs_file_*.
+ *
+ * Counting methods (docs/design.md, "Preemption"): on a preemptible kernel a
+ * tp_btf, raw_tp or fentry/fexit program can be preempted on its CPU, and the
+ * kernel then skips every run of that program on that CPU until it resumes
+ * (counted only in its recursion_misses). Kprobe, kretprobe and classic
+ * tracepoint handlers run with preemption disabled, so the "kprobe" counting
+ * method uses those on preemptible kernels, whatever the tier; CFG_F_RPC_KPROBE
+ * then takes the RPC per-op fields from a kprobe instead of the raw_tp half.
+ * With CFG_F_ATOMIC every per-CPU counter is added atomically, because two
+ * preemptible programs can interleave on one CPU.
  *
  * Everything is aggregated in per-CPU maps that user space reads on an
  * interval; per-op records (slow ops, later traces) go to one ring buffer.
@@ -26,6 +36,15 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* The only .rodata variable: the loader writes the whole struct. */
 const volatile struct bpfnfs_config cfg = {};
+
+/* A counter update. cfg is read-only after load, so the verifier keeps one branch. */
+#define ADD(lval, v)                                                      \
+	do {                                                              \
+		if (cfg.flags & CFG_F_ATOMIC)                             \
+			__sync_fetch_and_add(&(lval), (v));               \
+		else                                                      \
+			(lval) += (v);                                    \
+	} while (0)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -88,22 +107,30 @@ struct {
 	__type(value, struct vfs_val);
 } vfs_stats SEC(".maps");
 
-/* Start of each syscall-side op in flight, by (tid << 32 | op). */
+/* A syscall-side op in flight, by (tid << 32 | op). */
 struct vfs_entry {
 	__u64 ts;
+	__u64 ctx;
 	struct inode *inode;
 	struct dentry *dentry;        /* NULL where the hook has only an inode */
 	struct file *file;            /* atomic open: the file it may open */
+	struct iov_iter *iter;        /* write: what the call consumed of it */
+	__u64 count0;                 /* read/write: bytes asked for (iov_iter_count, splice len) */
 	__u32 direct;
 	__u32 _pad;
 };
 
 /* Start-map key of nfs_atomic_open, accounted as VFS_OPEN when it opened the file. */
 #define VFS_ATOMIC_OPEN (VFS_OP_MAX + 1)
+/* nfs_file_direct_read/write: only mountstats' direct bytes, no syscall-side op of
+ * their own (nfs_file_read/write, or swap, called them). */
+#define VFS_DIRECT_READ (VFS_OP_MAX + 2)
+#define VFS_DIRECT_WRITE (VFS_OP_MAX + 3)
 
+/* LRU: an entry whose exit never ran ages out instead of filling the map. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
 	__type(key, __u64);
 	__type(value, struct vfs_entry);
 } vfs_start SEC(".maps");
@@ -125,21 +152,13 @@ struct {
 	__type(value, struct owner_val);
 } owners SEC(".maps");
 
-/* READ in flight: who issued it (nfs_initiate_read) until it completes. */
+/* READ/WRITE RPCs in flight: initiate time, the reader, the header. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct read_tag);
-	__type(value, struct task_ident);
-} read_tags SEC(".maps");
-
-/* READ/WRITE RPCs in flight: initiate time, for the per-file RPC latency. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct read_tag);
-	__type(value, __u64);
-} pgio_start SEC(".maps");
+	__type(value, struct pgio_val);
+} pgio SEC(".maps");
 
 /* --cgroup: the cgroup and its descendants, kept current by user space. */
 struct {
@@ -166,7 +185,7 @@ static __always_inline void count(__u32 idx)
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
 
 	if (v)
-		*v += 1;
+		ADD(*v, 1);
 }
 
 static __always_inline __u32 log2_u64(__u64 v)
@@ -250,7 +269,7 @@ static __always_inline void err_account(__u32 id, __u16 kind, __u16 vers, __s64 
 		__builtin_memcpy(k.op, op, sizeof(k.op));
 	v = bpf_map_lookup_elem(&errors, &k);
 	if (v) {
-		*v += 1;
+		ADD(*v, 1);
 		return;
 	}
 	/* Inserting sets this CPU's slot to 1. EEXIST: another CPU inserted it first. */
@@ -258,13 +277,14 @@ static __always_inline void err_account(__u32 id, __u16 kind, __u16 vers, __s64 
 	if (ret == -17 /* EEXIST */) {
 		v = bpf_map_lookup_elem(&errors, &k);
 		if (v)
-			*v += 1;
+			ADD(*v, 1);
 	} else if (ret) {
 		count(CNT_ERR_MAP_FULL);
 	}
 }
 
-/* Per-CPU value: plain adds are safe, no other CPU writes this copy. */
+/* Per-CPU value: no other CPU writes this copy (ADD is atomic where a preempted
+ * program could interleave with another on this CPU). */
 static __always_inline void rpc_account(const struct rpc_key *key, __u64 queue, __u64 rtt,
 					__u64 execute, __s32 status, __u64 ntrans, __u64 timeouts,
 					__u64 sent, __u64 recv)
@@ -273,21 +293,21 @@ static __always_inline void rpc_account(const struct rpc_key *key, __u64 queue, 
 	count(CNT_RPC_EVENTS);
 	if (!v)
 		return;
-	v->ops += 1;
-	v->ntrans += ntrans;
-	v->timeouts += timeouts;
-	v->bytes_sent += sent;
-	v->bytes_recv += recv;
-	v->queue_ns += queue;
-	v->rtt_ns += rtt;
-	v->execute_ns += execute;
+	ADD(v->ops, 1);
+	ADD(v->ntrans, ntrans);
+	ADD(v->timeouts, timeouts);
+	ADD(v->bytes_sent, sent);
+	ADD(v->bytes_recv, recv);
+	ADD(v->queue_ns, queue);
+	ADD(v->rtt_ns, rtt);
+	ADD(v->execute_ns, execute);
 	if (status < 0) {
-		v->errors += 1;
+		ADD(v->errors, 1);
 		err_account(key->clid, ERR_RPC, key->vers, status, 0, key->proc);
 	}
-	v->queue_hist[hist_index(queue)] += 1;
-	v->rtt_hist[hist_index(rtt)] += 1;
-	v->execute_hist[hist_index(execute)] += 1;
+	ADD(v->queue_hist[hist_index(queue)], 1);
+	ADD(v->rtt_hist[hist_index(rtt)], 1);
+	ADD(v->execute_hist[hist_index(execute)], 1);
 }
 
 static __always_inline void emit_rpc_event(const struct rpc_key *key, __u64 queue, __u64 rtt,
@@ -331,28 +351,29 @@ static __always_inline void emit_rpc_event(const struct rpc_key *key, __u64 queu
 /* Tier "btf": typed access to the task through module BTF.                 */
 /* ------------------------------------------------------------------------ */
 
+/* Probe reads, not direct loads: the kprobe method passes an untrusted pointer, and
+ * `p ? p->x : y` on BTF pointers becomes one load from two kinds of pointer, which
+ * the verifier rejects. */
 static __always_inline void note_client(const struct rpc_clnt *clnt)
 {
 	struct clnt_info info = {};
 	struct rpc_clnt *parent;
-	__u32 clid = clnt->cl_clid;
+	__u32 clid = BPF_CORE_READ(clnt, cl_clid);
 
 	if (bpf_map_lookup_elem(&clients, &clid))
 		return;
-	/* Probe reads, not direct loads: `p ? p->x : y` would otherwise become one
-	 * load from two kinds of pointer, which the verifier rejects. */
 	parent = BPF_CORE_READ(clnt, cl_parent);
 	info.parent = parent ? BPF_CORE_READ(parent, cl_clid) : clid;
-	info.vers = clnt->cl_vers;
+	info.vers = BPF_CORE_READ(clnt, cl_vers);
 	info.flags = CLNT_F_PARENT_KNOWN;
-	bpf_probe_read_kernel_str(info.prog, sizeof(info.prog), clnt->cl_program->name);
+	bpf_probe_read_kernel_str(info.prog, sizeof(info.prog), BPF_CORE_READ(clnt, cl_program, name));
 	if (bpf_map_update_elem(&clients, &clid, &info, BPF_NOEXIST) == -7 /* E2BIG: full */)
 		count(CNT_CLNT_MAP_FULL);
 }
 
 SEC("tp_btf/rpc_stats_latency")
-int BPF_PROG(btf_rpc_stats_latency, const struct rpc_task *task, ktime_t backlog, ktime_t rtt,
-	     ktime_t execute)
+int BPF_PROG(btf_rpc_stats_latency, const struct rpc_task *task,
+		ktime_t backlog, ktime_t rtt, ktime_t execute)
 {
 	const struct rpc_clnt *clnt;
 	const struct rpc_rqst *req;
@@ -392,29 +413,29 @@ int BPF_PROG(btf_rpc_stats_latency, const struct rpc_task *task, ktime_t backlog
 	return 0;
 }
 
-/* mountstats adds the return value of nfs_file_read/write to normal* bytes,
- * and the O_DIRECT path's byte count to direct* bytes. */
-static __always_inline void io_account(__u32 dev, bool direct, ssize_t ret, bool write)
+/* mountstats' bytes: line for one read or write call (docs/design.md lists the
+ * kernel's nfs_add_stats call sites per version). calls: a read or write call
+ * through the file operations (not the direct I/O functions they call). */
+static __always_inline void io_account(__u32 dev, bool direct, __u64 bytes, bool write, bool calls)
 {
-	struct io_val *v;
+	struct io_val *v = io_val_get(dev);
 
-	if (ret <= 0)
-		return;
-	v = io_val_get(dev);
 	if (!v)
 		return;
 	if (write) {
-		v->write_calls += 1;
+		if (calls)
+			ADD(v->write_calls, 1);
 		if (direct)
-			v->direct_write_bytes += ret;
+			ADD(v->direct_write_bytes, bytes);
 		else
-			v->write_bytes += ret;
+			ADD(v->write_bytes, bytes);
 	} else {
-		v->read_calls += 1;
+		if (calls)
+			ADD(v->read_calls, 1);
 		if (direct)
-			v->direct_read_bytes += ret;
+			ADD(v->direct_read_bytes, bytes);
 		else
-			v->read_bytes += ret;
+			ADD(v->read_bytes, bytes);
 	}
 }
 
@@ -425,16 +446,17 @@ static __always_inline void server_bytes(__u32 dev, __u32 count, bool write)
 	if (!v)
 		return;
 	if (write) {
-		v->server_write_bytes += count;
-		v->write_rpcs += 1;
+		ADD(v->server_write_bytes, count);
+		ADD(v->write_rpcs, 1);
 	} else {
-		v->server_read_bytes += count;
-		v->read_rpcs += 1;
+		ADD(v->server_read_bytes, count);
+		ADD(v->read_rpcs, 1);
 	}
 }
 
 SEC("tp_btf/nfs_readpage_done")
-int BPF_PROG(btf_nfs_readpage_done, const struct rpc_task *task, const struct nfs_pgio_header *hdr)
+int BPF_PROG(btf_nfs_readpage_done, const struct rpc_task *task,
+		const struct nfs_pgio_header *hdr)
 {
 	if (!hdr)
 		return 0;
@@ -446,7 +468,8 @@ int BPF_PROG(btf_nfs_readpage_done, const struct rpc_task *task, const struct nf
 }
 
 SEC("tp_btf/nfs_writeback_done")
-int BPF_PROG(btf_nfs_writeback_done, const struct rpc_task *task, const struct nfs_pgio_header *hdr)
+int BPF_PROG(btf_nfs_writeback_done, const struct rpc_task *task,
+		const struct nfs_pgio_header *hdr)
 {
 	if (!hdr)
 		return 0;
@@ -576,14 +599,145 @@ int raw_rpc_stats_latency(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+/*
+ * Kprobe method, RPC ops: rpc_count_iostats_metrics(task, op_metrics) has the task
+ * in hand just before it counts it and fires rpc_stats_latency. Its kprobe (and
+ * the classic tracepoint) run with preemption disabled, unlike the raw_tp half of
+ * the tracefs tier, preemptible since 7.x's SRCU tracepoints. The kprobe leaves the
+ * per-op fields for the tracepoint, keyed (client << 32 | task id); the execute time
+ * comes in ns from a tp_btf helper when it ran (it is preemptible: when skipped, the
+ * tracepoint's µs value is used to ±0.5 µs, and counted).
+ */
+struct rpc_fields {
+	__u64 ntrans;
+	__u64 timeouts;
+	__u64 sent;
+	__u64 recv;
+	__u64 backlog;                /* ns: rq_xtime - tk_start, as the kernel adds it */
+	__u64 rtt;                    /* ns: rq_rtt */
+	__s32 status;
+	__u32 owner;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct rpc_fields);
+} rpc_fields SEC(".maps");
+
+struct exec_ns {
+	__u32 clid;
+	__u32 task_id;
+	__u64 execute;
+};
+
+/* Per thread: the exact execute time of the RPC being counted (tp_btf helper). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct exec_ns);
+} rpc_exec SEC(".maps");
+
+SEC("kprobe/rpc_count_iostats_metrics")
+int BPF_KPROBE(kp_rpc_count_iostats_metrics, const struct rpc_task *task, void *op_metrics)
+{
+	const struct rpc_rqst *req = BPF_CORE_READ(task, tk_rqstp);
+	const struct rpc_clnt *clnt = BPF_CORE_READ(task, tk_client);
+	struct rpc_fields f = {};
+	__u64 key, xtime;
+
+	if (!op_metrics || !req || !clnt) /* the kernel counts nothing either */
+		return 0;
+	f.ntrans = BPF_CORE_READ(req, rq_ntrans);
+	if ((__s64)f.ntrans < 1) /* mountstats: om_ntrans += max(rq_ntrans, 1) */
+		f.ntrans = 1;
+	f.timeouts = BPF_CORE_READ(task, tk_timeouts);
+	f.sent = BPF_CORE_READ(req, rq_xmit_bytes_sent);
+	f.recv = BPF_CORE_READ(req, rq_reply_bytes_recvd);
+	xtime = BPF_CORE_READ(req, rq_xtime);
+	if (xtime)
+		f.backlog = xtime - BPF_CORE_READ(task, tk_start);
+	f.rtt = BPF_CORE_READ(req, rq_rtt);
+	f.status = BPF_CORE_READ(task, tk_status);
+	f.owner = BPF_CORE_READ(task, tk_owner);
+	note_client(clnt);
+	key = ((__u64)BPF_CORE_READ(clnt, cl_clid) << 32) | BPF_CORE_READ(task, tk_pid);
+	bpf_map_update_elem(&rpc_fields, &key, &f, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/rpc_stats_latency")
+int BPF_PROG(btf_rpc_execute_ns, const struct rpc_task *task, ktime_t backlog, ktime_t rtt,
+	     ktime_t execute)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct exec_ns x = {};
+
+	if (!task)
+		return 0;
+	x.clid = BPF_CORE_READ(task, tk_client, cl_clid);
+	x.task_id = BPF_CORE_READ(task, tk_pid);
+	x.execute = execute;
+	bpf_map_update_elem(&rpc_exec, &tid, &x, BPF_ANY);
+	return 0;
+}
+
+static __always_inline void rpc_stats_kprobe_method(void *ctx)
+{
+	struct rpc_key key = {};
+	struct rpc_fields f = {};
+	struct rpc_fields *fp;
+	struct exec_ns *x;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), task_id;
+	__u64 us[3], execute, tkey;
+
+	key.clid = ctx_u32(ctx, cfg.off.sl_client_id);
+	key.vers = ctx_u32(ctx, cfg.off.sl_version);
+	ctx_str(ctx, cfg.off.sl_procname, key.proc, sizeof(key.proc));
+	task_id = ctx_u32(ctx, cfg.off.sl_task_id);
+	us[0] = ctx_u64(ctx, cfg.off.sl_backlog);
+	us[1] = ctx_u64(ctx, cfg.off.sl_rtt);
+	us[2] = ctx_u64(ctx, cfg.off.sl_execute);
+	tkey = ((__u64)key.clid << 32) | task_id;
+	fp = bpf_map_lookup_elem(&rpc_fields, &tkey);
+	if (fp && fp->backlog / 1000 == us[0] && fp->rtt / 1000 == us[1]) {
+		f = *fp;
+		bpf_map_delete_elem(&rpc_fields, &tkey);
+	} else {
+		/* The kprobe was skipped: count the op, with its times to ±0.5 µs. */
+		count(CNT_PAIR_MISS);
+		f.backlog = us[0] * 1000 + 500;
+		f.rtt = us[1] * 1000 + 500;
+		if (fp)
+			bpf_map_delete_elem(&rpc_fields, &tkey);
+	}
+	x = bpf_map_lookup_elem(&rpc_exec, &tid);
+	if (x && x->clid == key.clid && x->task_id == task_id && x->execute / 1000 == us[2]) {
+		execute = x->execute;
+	} else {
+		execute = us[2] * 1000 + 500;
+		count(CNT_RPC_EXEC_ESTIMATED);
+	}
+	rpc_account(&key, f.backlog, f.rtt, execute, f.status, f.ntrans, f.timeouts, f.sent, f.recv);
+	emit_rpc_event(&key, f.backlog, f.rtt, execute, f.status, task_id, ctx_u32(ctx, cfg.off.sl_xid),
+		       f.owner);
+}
+
 SEC("tracepoint/sunrpc/rpc_stats_latency")
 int tp_rpc_stats_latency(void *ctx)
 {
 	__u32 zero = 0;
-	struct sl_half *h = bpf_map_lookup_elem(&sl_pair, &zero);
+	struct sl_half *h;
 	__u64 tkey;
 	__s32 *st;
 
+	if (cfg.flags & CFG_F_RPC_KPROBE) {
+		rpc_stats_kprobe_method(ctx);
+		return 0;
+	}
+	h = bpf_map_lookup_elem(&sl_pair, &zero);
 	if (!h)
 		return 0;
 	__builtin_memset(&h->key, 0, sizeof(h->key));
@@ -628,7 +782,8 @@ int tp_rpc_task_end(void *ctx)
 }
 
 /* Mount probe, both tiers: the agent's statfs() on a mount point issues one
- * FSSTAT (v3) or STATFS (v4) RPC on that superblock's own rpc_clnt. */
+ * FSSTAT (v3) or STATFS (v4) RPC on that superblock's own rpc_clnt. Not a
+ * counting hook: a probe that went unseen is simply made again. */
 SEC("tracepoint/sunrpc/rpc_request")
 int tp_rpc_request(void *ctx)
 {
@@ -668,12 +823,24 @@ int tp_nfs_writeback_done(void *ctx)
 
 /* ------------------------------------------------------------------------ */
 /* Syscall side: the NFS client's file and inode operations.                */
-/* Entry stashes (ts, inode, dentry) per (thread, op); exit accounts. The    */
-/* btf tier enters through fentry/fexit, the tracefs tier through kprobes;   */
+/* Each program describes its call (struct vfs_call) from its arguments;    */
+/* entry stashes it with a timestamp per (thread, op), exit accounts. The   */
+/* btf tier enters through fentry/fexit, the tracefs tier through kprobes;  */
 /* both share everything below.                                             */
 /* ------------------------------------------------------------------------ */
 
 #define MAX_ERRNO 4095
+#define EIOCBQUEUED 529               /* AIO submitted: not an error, the bytes count */
+
+struct vfs_call {
+	struct inode *inode;
+	struct dentry *dentry;
+	struct file *file;
+	struct iov_iter *iter;
+	__u64 count;                  /* bytes asked for (iov_iter_count, splice len), now */
+	__u32 op;                     /* enum vfs_op, or VFS_ATOMIC_OPEN */
+	__u32 direct;
+};
 
 static __always_inline bool comm_matches(void)
 {
@@ -690,7 +857,7 @@ static __always_inline bool comm_matches(void)
 	return true;
 }
 
-/* --pid / --comm / --cgroup, checked once per op at entry. */
+/* --pid / --comm / --cgroup: true when this task is not to be counted. */
 static __always_inline bool filtered_out(void)
 {
 	__u32 f = cfg.flags;
@@ -698,60 +865,84 @@ static __always_inline bool filtered_out(void)
 	if (!(f & (CFG_F_FILTER_PID | CFG_F_FILTER_COMM | CFG_F_FILTER_CGROUP)))
 		return false;
 	if ((f & CFG_F_FILTER_PID) && (bpf_get_current_pid_tgid() >> 32) != cfg.filter_tgid)
-		goto out;
+		return true;
 	if ((f & CFG_F_FILTER_COMM) && !comm_matches())
-		goto out;
+		return true;
 	if (f & CFG_F_FILTER_CGROUP) {
 		__u64 cg = bpf_get_current_cgroup_id();
 
 		if (!bpf_map_lookup_elem(&cgroup_filter, &cg))
-			goto out;
+			return true;
 	}
 	return false;
-out:
-	count(CNT_FILTERED);
-	return true;
 }
 
-static __always_inline void vfs_enter2(__u32 op, struct inode *inode, struct dentry *dentry, __u32 direct,
-				       struct file *file)
+static __always_inline void call_init(struct vfs_call *c, __u32 op, struct inode *inode,
+				      struct dentry *dentry)
 {
-	__u64 key = (bpf_get_current_pid_tgid() << 32) | op;
-	struct vfs_entry e = {};
-
-	if (!inode || filtered_out())
-		return;
-	e.ts = bpf_ktime_get_ns();
-	e.inode = inode;
-	e.dentry = dentry;
-	e.file = file;
-	e.direct = direct;
-	if (bpf_map_update_elem(&vfs_start, &key, &e, BPF_ANY))
-		count(CNT_VFS_START_FULL);
+	c->op = op;
+	c->inode = inode;
+	c->dentry = dentry;
 }
 
-static __always_inline void vfs_enter(__u32 op, struct inode *inode, struct dentry *dentry, __u32 direct)
+static __always_inline void call_file(struct vfs_call *c, __u32 op, struct file *f)
 {
-	vfs_enter2(op, inode, dentry, direct, 0);
-}
-
-static __always_inline void vfs_enter_file(__u32 op, struct file *f)
-{
+	__builtin_memset(c, 0, sizeof(*c));
 	if (!f)
 		return;
-	vfs_enter(op, BPF_CORE_READ(f, f_inode), BPF_CORE_READ(f, f_path.dentry),
-		  (BPF_CORE_READ(f, f_flags) & cfg.o_direct) ? 1 : 0);
+	call_init(c, op, BPF_CORE_READ(f, f_inode), BPF_CORE_READ(f, f_path.dentry));
+	c->file = f;
+	c->direct = (BPF_CORE_READ(f, f_flags) & cfg.o_direct) ? 1 : 0;
 }
 
-static __always_inline void vfs_enter_kiocb(__u32 op, struct kiocb *iocb)
+/* read/write: the iov_iter says how many bytes the call asks for (and, after a
+ * buffered write, how many it consumed). */
+static __always_inline void call_kiocb(struct vfs_call *c, __u32 op, struct kiocb *iocb,
+				       struct iov_iter *iter)
 {
-	vfs_enter_file(op, BPF_CORE_READ(iocb, ki_filp));
+	call_file(c, op, BPF_CORE_READ(iocb, ki_filp));
+	c->iter = iter;
+	c->count = iter ? BPF_CORE_READ(iter, count) : 0;
 }
 
-static __always_inline void vfs_enter_dentry(__u32 op, struct dentry *d)
+static __always_inline void call_dentry(struct vfs_call *c, __u32 op, struct dentry *d)
 {
+	__builtin_memset(c, 0, sizeof(*c));
 	if (d)
-		vfs_enter(op, BPF_CORE_READ(d, d_inode), d, 0);
+		call_init(c, op, BPF_CORE_READ(d, d_inode), d);
+}
+
+static __always_inline void call_inode(struct vfs_call *c, __u32 op, struct inode *inode,
+				       struct dentry *d)
+{
+	__builtin_memset(c, 0, sizeof(*c));
+	call_init(c, op, inode, d);
+}
+
+static __always_inline __u64 vfs_key_of(__u32 op)
+{
+	return (bpf_get_current_pid_tgid() << 32) | op;
+}
+
+static __always_inline void vfs_enter(struct vfs_call *c)
+{
+	__u64 key = vfs_key_of(c->op);
+	struct vfs_entry e = {};
+
+	if (!c->inode)
+		return;
+	if (filtered_out()) {
+		count(CNT_FILTERED);
+		return;
+	}
+	e.ts = bpf_ktime_get_ns();
+	e.inode = c->inode;
+	e.dentry = c->dentry;
+	e.file = c->file;
+	e.iter = c->iter;
+	e.count0 = c->count;
+	e.direct = c->direct;
+	bpf_map_update_elem(&vfs_start, &key, &e, BPF_ANY);
 }
 
 /* Leaf-first path components up to the superblock root, into a ring record.
@@ -807,7 +998,7 @@ static __always_inline void current_ident(struct task_ident *id)
 }
 
 static __always_inline void file_account(__u32 op, __u32 dev, __u64 fileid, struct dentry *d, __u64 lat,
-					 __s64 bytes, bool err)
+					 __u64 bytes, bool err)
 {
 	struct file_key k = { .dev = dev, .fileid = fileid };
 	struct file_val *v = bpf_map_lookup_elem(&files, &k);
@@ -824,16 +1015,22 @@ static __always_inline void file_account(__u32 op, __u32 dev, __u64 fileid, stru
 	/* Shared across CPUs (plain LRU hash): atomic adds. */
 	if (op == VFS_READ) {
 		__sync_fetch_and_add(&v->reads, 1);
-		if (bytes > 0)
+		if (bytes)
 			__sync_fetch_and_add(&v->read_bytes, bytes);
-	} else if (op == VFS_WRITE) {
-		__sync_fetch_and_add(&v->writes, 1);
-		if (bytes > 0) {
+	} else if (op == VFS_WRITE || (op == VFS_PAGE_MKWRITE && !err)) {
+		if (op == VFS_WRITE)
+			__sync_fetch_and_add(&v->writes, 1);
+		else
+			__sync_fetch_and_add(&v->other_ops, 1);
+		/* A write fault dirties its page as a write(2) does: writeback of it is billed
+		 * to the faulting task too. */
+		if (bytes || op == VFS_PAGE_MKWRITE) {
 			/* Zeroed: bpf_get_current_comm leaves bytes after the NUL as they
 			 * were, and these bytes end up in map keys. */
 			struct task_ident id = {};
 
-			__sync_fetch_and_add(&v->write_bytes, bytes);
+			if (bytes)
+				__sync_fetch_and_add(&v->write_bytes, bytes);
 			/* Dirtier of record for the flush that follows. A race between
 			 * two writers here leaves one of them: the same bound as below. */
 			current_ident(&id);
@@ -857,7 +1054,7 @@ static __always_inline void file_account(__u32 op, __u32 dev, __u64 fileid, stru
 	}
 }
 
-static __always_inline void emit_vfs_event(__u32 op, __u32 dev, __u64 fileid, __u64 lat, __s64 ret,
+static __always_inline void emit_vfs_event(__u32 op, __u32 dev, __u64 fileid, __u64 lat, __u64 bytes,
 					   __s32 status)
 {
 	struct op_event *e;
@@ -877,7 +1074,7 @@ static __always_inline void emit_vfs_event(__u32 op, __u32 dev, __u64 fileid, __
 	e->rtt_ns = 0;
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->fileid = fileid;
-	e->bytes = ret > 0 && op <= VFS_WRITE ? ret : 0;
+	e->bytes = bytes;
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
 	e->dev = dev;
@@ -892,31 +1089,84 @@ static __always_inline void emit_vfs_event(__u32 op, __u32 dev, __u64 fileid, __
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
-/* ret: the function's return value; for lookup a dentry pointer or ERR_PTR,
- * for page_mkwrite a vm_fault_t. */
-static __always_inline void vfs_exit(__u32 op, __s64 ret)
+/*
+ * Bytes mountstats' bytes: line counts for one read or write (nfs_add_stats in
+ * fs/nfs/file.c and direct.c; docs/design.md has the call sites per kernel):
+ *  - buffered read, splice read: the return value when positive;
+ *  - buffered write: the return value when positive; 5.19+ count the written
+ *    bytes before a failing O_SYNC flush (or ENOSPC check) turns the return
+ *    negative: then what the call consumed of its iov_iter;
+ *  - O_DIRECT read: everything asked for at entry, even for AIO (-EIOCBQUEUED),
+ *    errors and reads past EOF; O_DIRECT write: likewise, unless
+ *    generic_write_checks refused the write before counting it (ETXTBSY, EFBIG).
+ * have: the entry was seen (count0 and the iov_iter are known).
+ */
+static __always_inline __u64 io_bytes(__u32 op, __u32 direct, __s64 ret, bool have, __u64 count0,
+				      struct iov_iter *iter)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 skey = (pid_tgid << 32) | op;
+	if (direct) {
+		if (!have)
+			return (ret > 0) ? ret : 0;
+		if (op == VFS_WRITE && (ret == -26 /* ETXTBSY */ || ret == -27 /* EFBIG */))
+			return 0;
+		return count0;
+	}
+	if (ret > 0)
+		return ret;
+	if (op == VFS_WRITE && have && iter && (cfg.flags & CFG_F_WRITE_COUNTED_EARLY)) {
+		__u64 left = BPF_CORE_READ(iter, count);
+
+		return count0 > left ? count0 - left : 0;
+	}
+	return 0;
+}
+
+/* The exit of a call: ret is the function's return value (for lookup a dentry
+ * pointer or ERR_PTR, for page_mkwrite a vm_fault_t). */
+static __always_inline void vfs_exit(struct vfs_call *c, __s64 ret)
+{
+	__u64 skey = vfs_key_of(c->op);
 	struct vfs_entry *e = bpf_map_lookup_elem(&vfs_start, &skey);
 	struct vfs_key k = {};
 	struct vfs_val *v;
-	struct inode *inode;
-	struct dentry *dentry;
-	struct file *file;
-	__u64 lat, fileid;
+	struct inode *inode = c->inode;
+	struct dentry *dentry = c->dentry;
+	struct file *file = c->file;
+	struct iov_iter *iter = c->iter;
+	__u64 lat = 0, fileid, count0 = 0, bytes = 0;
+	__u32 op = c->op, dev, direct = c->direct;
 	__s32 status = 0;
-	__u32 dev, direct;
+	bool have = false;
 
-	if (!e)
+	if (e) {
+		have = true;
+		lat = bpf_ktime_get_ns() - e->ts;
+		inode = e->inode;
+		dentry = e->dentry;
+		direct = e->direct;
+		file = e->file;
+		iter = e->iter;
+		count0 = e->count0;
+		bpf_map_delete_elem(&vfs_start, &skey);
+	} else {
+		/* The entry was skipped (its own misses are reported) or filtered out.
+		 * A kretprobe without its entry knows nothing of the call. */
+		if (!inode || filtered_out())
+			return;
+		/* Count the call, without its latency. */
+		count(CNT_VFS_UNTIMED);
+	}
+
+	if (op == VFS_DIRECT_READ || op == VFS_DIRECT_WRITE) {
+		/* Direct bytes only: the read or write call around this one counts as the op. */
+		bool write = op == VFS_DIRECT_WRITE;
+
+		if (!inode)
+			return;
+		io_account(BPF_CORE_READ(inode, i_sb, s_dev), true,
+			   io_bytes(write ? VFS_WRITE : VFS_READ, 1, ret, have, count0, iter), write, false);
 		return;
-	lat = bpf_ktime_get_ns() - e->ts;
-	inode = e->inode;
-	dentry = e->dentry;
-	direct = e->direct;
-	file = e->file;
-	bpf_map_delete_elem(&vfs_start, &skey);
-
+	}
 	if (op == VFS_ATOMIC_OPEN) {
 		/* NFSv4 opens mostly happen here (OPEN carries the lookup), not in
 		 * nfs4_file_open. finish_no_open() leaves f_inode unset: then the
@@ -931,6 +1181,8 @@ static __always_inline void vfs_exit(__u32 op, __s64 ret)
 			dentry = 0; /* the error belongs to the mount, not to the directory */
 		}
 	}
+	if (!inode)
+		return;
 
 	if (op == VFS_LOOKUP) {
 		if (ret < 0 && ret >= -MAX_ERRNO)
@@ -938,18 +1190,22 @@ static __always_inline void vfs_exit(__u32 op, __s64 ret)
 	} else if (op == VFS_PAGE_MKWRITE) {
 		if (ret & 0x43) /* VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV */
 			status = -14; /* EFAULT */
-	} else if (ret < 0) {
+	} else if (ret < 0 && ret != -EIOCBQUEUED) {
 		status = ret;
 	}
 	dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	fileid = BPF_CORE_READ(inode, i_ino);
 
-	if (op == VFS_READ || op == VFS_WRITE)
-		io_account(dev, direct, ret, op == VFS_WRITE);
+	if (op == VFS_READ || op == VFS_WRITE) {
+		bytes = io_bytes(op, direct, ret, have, count0, iter);
+		/* With the direct I/O functions hooked, they count O_DIRECT bytes (swap too). */
+		io_account(dev, direct, (direct && (cfg.flags & CFG_F_DIRECT_FNS)) ? 0 : bytes,
+			   op == VFS_WRITE, true);
+	}
 
 	k.dev = dev;
 	k.op = op;
-	k.pid = (cfg.flags & CFG_F_VFS_PID) ? pid_tgid >> 32 : 0;
+	k.pid = (cfg.flags & CFG_F_VFS_PID) ? bpf_get_current_pid_tgid() >> 32 : 0;
 	k.cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(k.comm, sizeof(k.comm));
 	v = bpf_map_lookup_elem(&vfs_stats, &k);
@@ -958,13 +1214,14 @@ static __always_inline void vfs_exit(__u32 op, __s64 ret)
 		v = bpf_map_lookup_elem(&vfs_stats, &k);
 	}
 	if (v) {
-		v->calls += 1;
+		ADD(v->calls, 1);
 		if (status)
-			v->errors += 1;
-		else if ((op == VFS_READ || op == VFS_WRITE) && ret > 0)
-			v->bytes += ret;
-		v->latency_ns += lat;
-		v->hist[hist_index(lat)] += 1;
+			ADD(v->errors, 1);
+		ADD(v->bytes, bytes);
+		if (have) {
+			ADD(v->latency_ns, lat);
+			ADD(v->hist[hist_index(lat)], 1);
+		}
 	} else {
 		count(CNT_VFS_MAP_FULL);
 	}
@@ -975,257 +1232,464 @@ static __always_inline void vfs_exit(__u32 op, __s64 ret)
 	if (op != VFS_PERMISSION && !(op == VFS_OPEN && !dentry)) {
 		if (op == VFS_LOOKUP && dentry) /* billed to the directory searched */
 			dentry = BPF_CORE_READ(dentry, d_parent);
-		file_account(op, dev, fileid, dentry, lat, ret, status != 0);
+		file_account(op, dev, fileid, dentry, lat, bytes, status != 0);
 	}
-	emit_vfs_event(op, dev, fileid, lat, ret, status);
+	if (have)
+		emit_vfs_event(op, dev, fileid, lat, bytes, status);
 }
 
 /* ---- btf tier: fentry/fexit. Argument lists as in 5.12+ (idmap first). ---- */
 
 SEC("fentry/nfs_file_read")
-int BPF_PROG(fe_nfs_file_read, struct kiocb *iocb)
+int BPF_PROG(fe_nfs_file_read, struct kiocb *iocb, struct iov_iter *to)
 {
-	vfs_enter_kiocb(VFS_READ, iocb);
+	struct vfs_call c;
+
+	call_kiocb(&c, VFS_READ, iocb, to);
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs_file_read")
-int BPF_PROG(fx_nfs_file_read, struct kiocb *iocb, struct iov_iter *to, ssize_t ret)
+int BPF_PROG(fx_nfs_file_read, struct kiocb *iocb, struct iov_iter *to,
+		ssize_t ret)
 {
-	vfs_exit(VFS_READ, ret);
+	struct vfs_call c;
+
+	call_kiocb(&c, VFS_READ, iocb, to);
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs_file_write")
-int BPF_PROG(fe_nfs_file_write, struct kiocb *iocb)
+int BPF_PROG(fe_nfs_file_write, struct kiocb *iocb, struct iov_iter *from)
 {
-	vfs_enter_kiocb(VFS_WRITE, iocb);
+	struct vfs_call c;
+
+	call_kiocb(&c, VFS_WRITE, iocb, from);
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs_file_write")
-int BPF_PROG(fx_nfs_file_write, struct kiocb *iocb, struct iov_iter *from, ssize_t ret)
+int BPF_PROG(fx_nfs_file_write, struct kiocb *iocb, struct iov_iter *from,
+		ssize_t ret)
 {
-	vfs_exit(VFS_WRITE, ret);
+	struct vfs_call c;
+
+	call_kiocb(&c, VFS_WRITE, iocb, from);
+	vfs_exit(&c, ret);
+	return 0;
+}
+
+/* 6.5+: splice(2), sendfile(2) and copy_file_range's fallback read an NFS file here
+ * (before, generic_file_splice_read went through nfs_file_read). */
+SEC("fentry/nfs_file_splice_read")
+int BPF_PROG(fe_nfs_file_splice_read, struct file *in, loff_t *ppos,
+		void *pipe, size_t len)
+{
+	struct vfs_call c;
+
+	call_file(&c, VFS_READ, in);
+	c.count = len;
+	c.direct = 0; /* through the page cache, whatever the file's flags: normalreadbytes */
+	vfs_enter(&c);
+	return 0;
+}
+
+SEC("fexit/nfs_file_splice_read")
+int BPF_PROG(fx_nfs_file_splice_read, struct file *in, loff_t *ppos,
+		void *pipe, size_t len, unsigned int flags, ssize_t ret)
+{
+	struct vfs_call c;
+
+	call_file(&c, VFS_READ, in);
+	c.direct = 0;
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs_file_open")
 int BPF_PROG(fe_nfs_file_open, struct inode *inode, struct file *f)
 {
-	vfs_enter(VFS_OPEN, inode, BPF_CORE_READ(f, f_path.dentry), 0);
+	struct vfs_call c;
+
+	call_inode(&c, VFS_OPEN, inode, BPF_CORE_READ(f, f_path.dentry));
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs_file_open")
 int BPF_PROG(fx_nfs_file_open, struct inode *inode, struct file *f, int ret)
 {
-	vfs_exit(VFS_OPEN, ret);
+	struct vfs_call c;
+
+	call_inode(&c, VFS_OPEN, inode, BPF_CORE_READ(f, f_path.dentry));
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs4_file_open")
 int BPF_PROG(fe_nfs4_file_open, struct inode *inode, struct file *f)
 {
-	vfs_enter(VFS_OPEN, inode, BPF_CORE_READ(f, f_path.dentry), 0);
+	struct vfs_call c;
+
+	call_inode(&c, VFS_OPEN, inode, BPF_CORE_READ(f, f_path.dentry));
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs4_file_open")
 int BPF_PROG(fx_nfs4_file_open, struct inode *inode, struct file *f, int ret)
 {
-	vfs_exit(VFS_OPEN, ret);
+	struct vfs_call c;
+
+	call_inode(&c, VFS_OPEN, inode, BPF_CORE_READ(f, f_path.dentry));
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs_atomic_open")
-int BPF_PROG(fe_nfs_atomic_open, struct inode *dir, struct dentry *d, struct file *f)
+int BPF_PROG(fe_nfs_atomic_open, struct inode *dir, struct dentry *d,
+		struct file *f)
 {
-	vfs_enter2(VFS_ATOMIC_OPEN, dir, d, 0, f);
+	struct vfs_call c;
+
+	call_inode(&c, VFS_ATOMIC_OPEN, dir, d);
+	c.file = f;
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs_atomic_open")
-int BPF_PROG(fx_nfs_atomic_open, struct inode *dir, struct dentry *d, struct file *f, unsigned int flags,
-	     unsigned short mode, int ret)
+int BPF_PROG(fx_nfs_atomic_open, struct inode *dir, struct dentry *d,
+		struct file *f, unsigned int flags, unsigned short mode, int ret)
 {
-	vfs_exit(VFS_ATOMIC_OPEN, ret);
+	struct vfs_call c;
+
+	call_inode(&c, VFS_ATOMIC_OPEN, dir, d);
+	c.file = f;
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs_file_flush")
 int BPF_PROG(fe_nfs_file_flush, struct file *f)
 {
-	vfs_enter_file(VFS_FLUSH, f);
+	struct vfs_call c;
+
+	call_file(&c, VFS_FLUSH, f);
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs_file_flush")
 int BPF_PROG(fx_nfs_file_flush, struct file *f, void *id, int ret)
 {
-	vfs_exit(VFS_FLUSH, ret);
+	struct vfs_call c;
+
+	call_file(&c, VFS_FLUSH, f);
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs4_file_flush")
 int BPF_PROG(fe_nfs4_file_flush, struct file *f)
 {
-	vfs_enter_file(VFS_FLUSH, f);
+	struct vfs_call c;
+
+	call_file(&c, VFS_FLUSH, f);
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs4_file_flush")
 int BPF_PROG(fx_nfs4_file_flush, struct file *f, void *id, int ret)
 {
-	vfs_exit(VFS_FLUSH, ret);
+	struct vfs_call c;
+
+	call_file(&c, VFS_FLUSH, f);
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs_file_fsync")
 int BPF_PROG(fe_nfs_file_fsync, struct file *f)
 {
-	vfs_enter_file(VFS_FSYNC, f);
+	struct vfs_call c;
+
+	call_file(&c, VFS_FSYNC, f);
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs_file_fsync")
-int BPF_PROG(fx_nfs_file_fsync, struct file *f, loff_t start, loff_t end, int datasync, int ret)
+int BPF_PROG(fx_nfs_file_fsync, struct file *f, loff_t start, loff_t end,
+		int datasync, int ret)
 {
-	vfs_exit(VFS_FSYNC, ret);
+	struct vfs_call c;
+
+	call_file(&c, VFS_FSYNC, f);
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs_getattr")
 int BPF_PROG(fe_nfs_getattr, void *idmap, const struct path *path)
 {
-	vfs_enter_dentry(VFS_GETATTR, BPF_CORE_READ(path, dentry));
+	struct vfs_call c;
+
+	call_dentry(&c, VFS_GETATTR, BPF_CORE_READ(path, dentry));
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs_getattr")
-int BPF_PROG(fx_nfs_getattr, void *idmap, const struct path *path, void *stat, u32 mask,
-	     unsigned int flags, int ret)
+int BPF_PROG(fx_nfs_getattr, void *idmap, const struct path *path, void *stat,
+		u32 mask, unsigned int flags, int ret)
 {
-	vfs_exit(VFS_GETATTR, ret);
+	struct vfs_call c;
+
+	call_dentry(&c, VFS_GETATTR, BPF_CORE_READ(path, dentry));
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs_setattr")
 int BPF_PROG(fe_nfs_setattr, void *idmap, struct dentry *d)
 {
-	vfs_enter_dentry(VFS_SETATTR, d);
+	struct vfs_call c;
+
+	call_dentry(&c, VFS_SETATTR, d);
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs_setattr")
 int BPF_PROG(fx_nfs_setattr, void *idmap, struct dentry *d, void *attr, int ret)
 {
-	vfs_exit(VFS_SETATTR, ret);
+	struct vfs_call c;
+
+	call_dentry(&c, VFS_SETATTR, d);
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs_lookup")
 int BPF_PROG(fe_nfs_lookup, struct inode *dir, struct dentry *d)
 {
-	vfs_enter(VFS_LOOKUP, dir, d, 0);
+	struct vfs_call c;
+
+	call_inode(&c, VFS_LOOKUP, dir, d);
+	vfs_enter(&c);
 	return 0;
 }
 
 /* The verifier types the return value as a dentry pointer, on which no
  * arithmetic is allowed: copy it out of the context as a plain number. */
 SEC("fexit/nfs_lookup")
-int fx_nfs_lookup(unsigned long long *ctx)
+int BPF_PROG(fx_nfs_lookup, struct inode *dir, struct dentry *d)
 {
+	struct vfs_call c;
 	long ret = 0;
 
 	bpf_probe_read_kernel(&ret, sizeof(ret), &ctx[3]);
-	vfs_exit(VFS_LOOKUP, ret);
+	call_inode(&c, VFS_LOOKUP, dir, d);
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs_readdir")
 int BPF_PROG(fe_nfs_readdir, struct file *f)
 {
-	vfs_enter_file(VFS_READDIR, f);
+	struct vfs_call c;
+
+	call_file(&c, VFS_READDIR, f);
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs_readdir")
 int BPF_PROG(fx_nfs_readdir, struct file *f, void *dctx, int ret)
 {
-	vfs_exit(VFS_READDIR, ret);
+	struct vfs_call c;
+
+	call_file(&c, VFS_READDIR, f);
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs_permission")
 int BPF_PROG(fe_nfs_permission, void *idmap, struct inode *inode)
 {
-	vfs_enter(VFS_PERMISSION, inode, 0, 0);
+	struct vfs_call c;
+
+	call_inode(&c, VFS_PERMISSION, inode, 0);
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs_permission")
-int BPF_PROG(fx_nfs_permission, void *idmap, struct inode *inode, int mask, int ret)
+int BPF_PROG(fx_nfs_permission, void *idmap, struct inode *inode, int mask,
+		int ret)
 {
-	vfs_exit(VFS_PERMISSION, ret);
+	struct vfs_call c;
+
+	call_inode(&c, VFS_PERMISSION, inode, 0);
+	vfs_exit(&c, ret);
 	return 0;
 }
 
 SEC("fentry/nfs_vm_page_mkwrite")
 int BPF_PROG(fe_nfs_vm_page_mkwrite, struct vm_fault *vmf)
 {
-	vfs_enter_file(VFS_PAGE_MKWRITE, BPF_CORE_READ(vmf, vma, vm_file));
+	struct vfs_call c;
+
+	call_file(&c, VFS_PAGE_MKWRITE, BPF_CORE_READ(vmf, vma, vm_file));
+	c.direct = 0;
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("fexit/nfs_vm_page_mkwrite")
-int BPF_PROG(fx_nfs_vm_page_mkwrite, struct vm_fault *vmf, unsigned int ret)
+int BPF_PROG(fx_nfs_vm_page_mkwrite, struct vm_fault *vmf,
+		unsigned int ret)
 {
-	vfs_exit(VFS_PAGE_MKWRITE, ret);
+	struct vfs_call c;
+
+	call_file(&c, VFS_PAGE_MKWRITE, BPF_CORE_READ(vmf, vma, vm_file));
+	c.direct = 0;
+	vfs_exit(&c, ret);
 	return 0;
 }
 
-/* ---- tracefs tier: kprobes. Argument lists as in 5.10 (no idmap). ---- */
+/* 5.18+ (the swap flag): the only place direct bytes are counted, for read(2),
+ * AIO and swap alike. */
+SEC("fentry/nfs_file_direct_read")
+int BPF_PROG(fe_nfs_file_direct_read, struct kiocb *iocb,
+		struct iov_iter *iter)
+{
+	struct vfs_call c;
+
+	call_kiocb(&c, VFS_DIRECT_READ, iocb, iter);
+	vfs_enter(&c);
+	return 0;
+}
+
+SEC("fexit/nfs_file_direct_read")
+int BPF_PROG(fx_nfs_file_direct_read, struct kiocb *iocb,
+		struct iov_iter *iter, bool swap, ssize_t ret)
+{
+	struct vfs_call c;
+
+	call_kiocb(&c, VFS_DIRECT_READ, iocb, iter);
+	vfs_exit(&c, ret);
+	return 0;
+}
+
+SEC("fentry/nfs_file_direct_write")
+int BPF_PROG(fe_nfs_file_direct_write, struct kiocb *iocb,
+		struct iov_iter *iter)
+{
+	struct vfs_call c;
+
+	call_kiocb(&c, VFS_DIRECT_WRITE, iocb, iter);
+	vfs_enter(&c);
+	return 0;
+}
+
+SEC("fexit/nfs_file_direct_write")
+int BPF_PROG(fx_nfs_file_direct_write, struct kiocb *iocb,
+		struct iov_iter *iter, bool swap, ssize_t ret)
+{
+	struct vfs_call c;
+
+	call_kiocb(&c, VFS_DIRECT_WRITE, iocb, iter);
+	vfs_exit(&c, ret);
+	return 0;
+}
+
+/* ---- kprobe method (tier tracefs, and any tier on a preemptible kernel) ----
+ * Argument lists as in 5.10; CFG_F_IDMAP_ARGS shifts those of 5.12+. */
+
+/* A kretprobe sees no arguments: the exit describes the call from its entry. */
+static __always_inline void kret_exit(__u32 op, __s64 ret)
+{
+	struct vfs_call c = {};
+
+	c.op = op;
+	vfs_exit(&c, ret);
+}
 
 /* RET: the function's return type. An int return leaves the upper half of rax
  * undefined, so it must be narrowed before its sign means anything. */
-#define KPROBE_PAIR(fn, OP, RET, enter_stmt)                    \
+#define KPROBE_PAIR(fn, OP, RET, build)                          \
 	SEC("kprobe/" #fn)                                       \
 	int BPF_KPROBE(kp_##fn, void *a0, void *a1)              \
 	{                                                        \
-		enter_stmt;                                      \
+		struct vfs_call c;                               \
+		build;                                           \
+		vfs_enter(&c);                                   \
 		return 0;                                        \
 	}                                                        \
 	SEC("kretprobe/" #fn)                                    \
 	int BPF_KRETPROBE(krp_##fn, long ret)                    \
 	{                                                        \
-		vfs_exit(OP, (RET)ret);                          \
+		kret_exit(OP, (RET)ret);                         \
 		return 0;                                        \
 	}
 
-KPROBE_PAIR(nfs_file_read, VFS_READ, long, vfs_enter_kiocb(VFS_READ, a0))
-KPROBE_PAIR(nfs_file_write, VFS_WRITE, long, vfs_enter_kiocb(VFS_WRITE, a0))
+KPROBE_PAIR(nfs_file_read, VFS_READ, long, call_kiocb(&c, VFS_READ, a0, a1))
+KPROBE_PAIR(nfs_file_write, VFS_WRITE, long, call_kiocb(&c, VFS_WRITE, a0, a1))
+KPROBE_PAIR(nfs_file_direct_read, VFS_DIRECT_READ, long,
+	    call_kiocb(&c, VFS_DIRECT_READ, a0, a1))
+KPROBE_PAIR(nfs_file_direct_write, VFS_DIRECT_WRITE, long,
+	    call_kiocb(&c, VFS_DIRECT_WRITE, a0, a1))
 KPROBE_PAIR(nfs_file_open, VFS_OPEN, int,
-	    vfs_enter(VFS_OPEN, a0, BPF_CORE_READ((struct file *)a1, f_path.dentry), 0))
+	    call_inode(&c, VFS_OPEN, a0, BPF_CORE_READ((struct file *)a1, f_path.dentry)))
 KPROBE_PAIR(nfs4_file_open, VFS_OPEN, int,
-	    vfs_enter(VFS_OPEN, a0, BPF_CORE_READ((struct file *)a1, f_path.dentry), 0))
+	    call_inode(&c, VFS_OPEN, a0, BPF_CORE_READ((struct file *)a1, f_path.dentry)))
+
+SEC("kprobe/nfs_file_splice_read")
+int BPF_KPROBE(kp_nfs_file_splice_read, struct file *in, loff_t *ppos, void *pipe, size_t len)
+{
+	struct vfs_call c;
+
+	call_file(&c, VFS_READ, in);
+	c.count = len;
+	c.direct = 0;
+	vfs_enter(&c);
+	return 0;
+}
+
+SEC("kretprobe/nfs_file_splice_read")
+int BPF_KRETPROBE(krp_nfs_file_splice_read, long ret)
+{
+	kret_exit(VFS_READ, ret);
+	return 0;
+}
+
 SEC("kprobe/nfs_atomic_open")
 int BPF_KPROBE(kp_nfs_atomic_open, struct inode *dir, struct dentry *d, struct file *f)
 {
-	vfs_enter2(VFS_ATOMIC_OPEN, dir, d, 0, f);
+	struct vfs_call c;
+
+	call_inode(&c, VFS_ATOMIC_OPEN, dir, d);
+	c.file = f;
+	vfs_enter(&c);
 	return 0;
 }
 
 SEC("kretprobe/nfs_atomic_open")
 int BPF_KRETPROBE(krp_nfs_atomic_open, long ret)
 {
-	vfs_exit(VFS_ATOMIC_OPEN, (int)ret);
+	kret_exit(VFS_ATOMIC_OPEN, (int)ret);
 	return 0;
 }
 
-KPROBE_PAIR(nfs_file_flush, VFS_FLUSH, int, vfs_enter_file(VFS_FLUSH, a0))
-KPROBE_PAIR(nfs4_file_flush, VFS_FLUSH, int, vfs_enter_file(VFS_FLUSH, a0))
-KPROBE_PAIR(nfs_file_fsync, VFS_FSYNC, int, vfs_enter_file(VFS_FSYNC, a0))
+KPROBE_PAIR(nfs_file_flush, VFS_FLUSH, int, call_file(&c, VFS_FLUSH, a0))
+KPROBE_PAIR(nfs4_file_flush, VFS_FLUSH, int, call_file(&c, VFS_FLUSH, a0))
+KPROBE_PAIR(nfs_file_fsync, VFS_FSYNC, int, call_file(&c, VFS_FSYNC, a0))
 /* 5.12+ put an idmap (user_namespace, later mnt_idmap) first. Chosen outside
  * BPF_CORE_READ, which would turn the cfg access into a CO-RE relocation. */
 static __always_inline void *idmap_arg(void *a0, void *a1)
@@ -1233,18 +1697,20 @@ static __always_inline void *idmap_arg(void *a0, void *a1)
 	return (cfg.flags & CFG_F_IDMAP_ARGS) ? a1 : a0;
 }
 
-static __always_inline void getattr_enter(struct path *p)
+static __always_inline struct dentry *path_dentry(struct path *p)
 {
-	vfs_enter_dentry(VFS_GETATTR, BPF_CORE_READ(p, dentry));
+	return BPF_CORE_READ(p, dentry);
 }
 
-KPROBE_PAIR(nfs_getattr, VFS_GETATTR, int, getattr_enter(idmap_arg(a0, a1)))
-KPROBE_PAIR(nfs_setattr, VFS_SETATTR, int, vfs_enter_dentry(VFS_SETATTR, idmap_arg(a0, a1)))
-KPROBE_PAIR(nfs_lookup, VFS_LOOKUP, long, vfs_enter(VFS_LOOKUP, a0, a1, 0))
-KPROBE_PAIR(nfs_readdir, VFS_READDIR, int, vfs_enter_file(VFS_READDIR, a0))
-KPROBE_PAIR(nfs_permission, VFS_PERMISSION, int, vfs_enter(VFS_PERMISSION, idmap_arg(a0, a1), 0, 0))
+KPROBE_PAIR(nfs_getattr, VFS_GETATTR, int,
+	    call_dentry(&c, VFS_GETATTR, path_dentry(idmap_arg(a0, a1))))
+KPROBE_PAIR(nfs_setattr, VFS_SETATTR, int, call_dentry(&c, VFS_SETATTR, idmap_arg(a0, a1)))
+KPROBE_PAIR(nfs_lookup, VFS_LOOKUP, long, call_inode(&c, VFS_LOOKUP, a0, a1))
+KPROBE_PAIR(nfs_readdir, VFS_READDIR, int, call_file(&c, VFS_READDIR, a0))
+KPROBE_PAIR(nfs_permission, VFS_PERMISSION, int,
+	    call_inode(&c, VFS_PERMISSION, idmap_arg(a0, a1), 0))
 KPROBE_PAIR(nfs_vm_page_mkwrite, VFS_PAGE_MKWRITE, unsigned int,
-	    vfs_enter_file(VFS_PAGE_MKWRITE, BPF_CORE_READ((struct vm_fault *)a0, vma, vm_file)))
+	    call_file(&c, VFS_PAGE_MKWRITE, BPF_CORE_READ((struct vm_fault *)a0, vma, vm_file)); c.direct = 0)
 
 /* ------------------------------------------------------------------------ */
 /* Wire I/O billed to its owner, and server-reported errors (both tiers).   */
@@ -1271,46 +1737,45 @@ static __always_inline struct owner_val *owner_get(__u32 dev, const struct task_
 	return v;
 }
 
-/* READ/WRITE RPCs are keyed (dev, fileid, offset) from initiate to done: the
- * done tracepoints run in rpciod or a kworker, so only the request identifies them. */
+/*
+ * READ/WRITE RPCs are keyed (dev, fileid, offset) from initiate to done: the
+ * done tracepoints run in rpciod or a kworker, so only the request identifies
+ * them. nfs_initiate_read runs in the task that needs the data (readahead
+ * included): it records who that is.
+ */
 static __always_inline void pgio_begin(__u32 dev, __u64 fileid, __s64 offset, __u32 write)
 {
-	struct read_tag t = { .dev = dev, ._pad = write, .fileid = fileid, .offset = offset };
-	__u64 now = bpf_ktime_get_ns();
+	struct read_tag t = { .dev = dev, .write = write, .fileid = fileid, .offset = offset };
+	struct pgio_val pv = {};
 
-	bpf_map_update_elem(&pgio_start, &t, &now, BPF_ANY);
+	pv.ts = bpf_ktime_get_ns();
+	if (!write)
+		current_ident(&pv.id);
+	bpf_map_update_elem(&pgio, &t, &pv, BPF_ANY);
 }
 
-/* Time since the matching initiate, 0 if there was none (a short READ or WRITE
- * is resent from its new offset without a new initiate). */
-static __always_inline __u64 pgio_end(__u32 dev, __u64 fileid, __s64 offset, __u32 write)
+/* The initiate of a completion, taken out of the map; false if there was none (a
+ * short READ or WRITE is resent from its new offset without a new initiate). */
+static __always_inline bool pgio_end(__u32 dev, __u64 fileid, __s64 offset, __u32 write,
+				     struct pgio_val *out)
 {
-	struct read_tag t = { .dev = dev, ._pad = write, .fileid = fileid, .offset = offset };
-	__u64 *start = bpf_map_lookup_elem(&pgio_start, &t);
-	__u64 lat;
+	struct read_tag t = { .dev = dev, .write = write, .fileid = fileid, .offset = offset };
+	struct pgio_val *pv = bpf_map_lookup_elem(&pgio, &t);
 
-	if (!start) {
+	if (!pv) {
 		count(CNT_PGIO_UNMATCHED);
-		return 0;
+		return false;
 	}
-	lat = bpf_ktime_get_ns() - *start;
-	bpf_map_delete_elem(&pgio_start, &t);
-	return lat;
+	*out = *pv;
+	bpf_map_delete_elem(&pgio, &t);
+	return true;
 }
 
-/* nfs_initiate_read runs in the task that needs the data (readahead included). */
 SEC("tracepoint/nfs/nfs_initiate_read")
 int tp_nfs_initiate_read(void *ctx)
 {
-	struct read_tag t = {};
-	struct task_ident id = {};
-
-	t.dev = ctx_u32(ctx, cfg.off.ir_dev);
-	t.fileid = ctx_u64(ctx, cfg.off.ir_fileid);
-	t.offset = ctx_u64(ctx, cfg.off.ir_offset);
-	current_ident(&id);
-	bpf_map_update_elem(&read_tags, &t, &id, BPF_ANY);
-	pgio_begin(t.dev, t.fileid, t.offset, 0);
+	pgio_begin(ctx_u32(ctx, cfg.off.ir_dev), ctx_u64(ctx, cfg.off.ir_fileid),
+		   ctx_u64(ctx, cfg.off.ir_offset), 0);
 	return 0;
 }
 
@@ -1322,27 +1787,48 @@ int tp_nfs_initiate_write(void *ctx)
 	return 0;
 }
 
+SEC("tp_btf/nfs_initiate_read")
+int BPF_PROG(btf_nfs_initiate_read, const struct nfs_pgio_header *hdr)
+{
+	struct inode *inode;
+
+	if (!hdr)
+		return 0;
+	inode = hdr->inode;
+	pgio_begin(inode->i_sb->s_dev, inode->i_ino, hdr->args.offset, 0);
+	return 0;
+}
+
+SEC("tp_btf/nfs_initiate_write")
+int BPF_PROG(btf_nfs_initiate_write, const struct nfs_pgio_header *hdr)
+{
+	struct inode *inode;
+
+	if (!hdr)
+		return 0;
+	inode = hdr->inode;
+	pgio_begin(inode->i_sb->s_dev, inode->i_ino, hdr->args.offset, 1);
+	return 0;
+}
+
 static __always_inline void read_done_owner(__u32 dev, __u64 fileid, __s64 offset, __u32 count_)
 {
-	struct read_tag t = { .dev = dev, .fileid = fileid, .offset = offset };
-	struct task_ident *id = bpf_map_lookup_elem(&read_tags, &t);
 	struct owner_val *v;
-	struct task_ident copy;
+	struct pgio_val pv;
 	struct file_key fk = { .dev = dev, .fileid = fileid };
 	struct file_val *fv;
-	__u64 lat = pgio_end(dev, fileid, offset, 0);
+	__u64 lat = 0;
 
-	if (id) {
-		copy = *id;
-		bpf_map_delete_elem(&read_tags, &t);
-		v = owner_get(dev, &copy);
+	if (pgio_end(dev, fileid, offset, 0, &pv)) {
+		lat = bpf_ktime_get_ns() - pv.ts;
+		v = owner_get(dev, &pv.id);
 	} else {
 		count(CNT_UNATTRIBUTED_READS);
 		v = owner_get(dev, 0);
 	}
 	if (v) {
-		v->read_rpcs += 1;
-		v->read_bytes += count_;
+		ADD(v->read_rpcs, 1);
+		ADD(v->read_bytes, count_);
 	}
 	fv = bpf_map_lookup_elem(&files, &fk);
 	if (fv) {
@@ -1359,9 +1845,12 @@ static __always_inline void write_done_owner(__u32 dev, __u64 fileid, __s64 offs
 	struct file_val *fv = bpf_map_lookup_elem(&files, &fk);
 	struct task_ident id = {};
 	struct owner_val *v;
+	struct pgio_val pv;
 	bool mixed = false;
-	__u64 lat = commit ? 0 : pgio_end(dev, fileid, offset, 1);
+	__u64 lat = 0;
 
+	if (!commit && pgio_end(dev, fileid, offset, 1, &pv))
+		lat = bpf_ktime_get_ns() - pv.ts;
 	if (fv && !commit) {
 		__sync_fetch_and_add(&fv->wire_write_bytes, count_);
 		__sync_fetch_and_add(&fv->wire_writes, 1);
@@ -1382,19 +1871,32 @@ static __always_inline void write_done_owner(__u32 dev, __u64 fileid, __s64 offs
 	if (!v)
 		return;
 	if (commit) {
-		v->commit_rpcs += 1;
+		ADD(v->commit_rpcs, 1);
 		return;
 	}
-	v->write_rpcs += 1;
-	v->write_bytes += count_;
+	ADD(v->write_rpcs, 1);
+	ADD(v->write_bytes, count_);
 	if (mixed)
-		v->ambiguous_write_bytes += count_;
+		ADD(v->ambiguous_write_bytes, count_);
 }
 
 SEC("tracepoint/nfs/nfs_commit_done")
 int tp_nfs_commit_done(void *ctx)
 {
 	write_done_owner(ctx_u32(ctx, cfg.off.cd_dev), ctx_u64(ctx, cfg.off.cd_fileid), 0, 0, true);
+	return 0;
+}
+
+SEC("tp_btf/nfs_commit_done")
+int BPF_PROG(btf_nfs_commit_done, const struct rpc_task *task,
+		const struct nfs_commit_data *data)
+{
+	struct inode *inode;
+
+	if (!data)
+		return 0;
+	inode = data->inode;
+	write_done_owner(inode->i_sb->s_dev, inode->i_ino, 0, 0, true);
 	return 0;
 }
 
@@ -1416,5 +1918,37 @@ int tp_nfs4_xdr_status(void *ctx)
 {
 	err_account(ctx_u32(ctx, cfg.off.x4_client_id), ERR_XDR4, 4, (__s64)ctx_u64(ctx, cfg.off.x4_error),
 		    ctx_u32(ctx, cfg.off.x4_op), 0);
+	return 0;
+}
+
+/* The same from the reply being decoded: the tracepoint records rq_task's client
+ * and procedure, read here through CO-RE. */
+SEC("tp_btf/nfs_xdr_status")
+int BPF_PROG(btf_nfs_xdr_status, const struct xdr_stream *xdr, int error)
+{
+	const struct rpc_rqst *rqst;
+	const struct rpc_task *task;
+	char proc[BPFNFS_PROC_LEN] = {};
+
+	if (!xdr)
+		return 0;
+	rqst = BPF_CORE_READ(xdr, rqst);
+	task = BPF_CORE_READ(rqst, rq_task);
+	bpf_probe_read_kernel_str(proc, sizeof(proc), BPF_CORE_READ(task, tk_msg.rpc_proc, p_name));
+	err_account(BPF_CORE_READ(task, tk_client, cl_clid), ERR_XDR, BPF_CORE_READ(task, tk_client, cl_vers),
+		    error, 0, proc);
+	return 0;
+}
+
+SEC("tp_btf/nfs4_xdr_status")
+int BPF_PROG(btf_nfs4_xdr_status, const struct xdr_stream *xdr, u32 op,
+		u32 error)
+{
+	const struct rpc_rqst *rqst;
+
+	if (!xdr)
+		return 0;
+	rqst = BPF_CORE_READ(xdr, rqst);
+	err_account(BPF_CORE_READ(rqst, rq_task, tk_client, cl_clid), ERR_XDR4, 4, error, op, 0);
 	return 0;
 }

@@ -90,6 +90,30 @@ enum vfs_op {
 	VFS_OP_MAX,
 };
 
+/* The NFS client functions the syscall side hooks (fentry/fexit or kprobes).
+ * Several map onto one enum vfs_op (three open paths, two flushes, read and
+ * splice read); the direct I/O ones count only direct bytes. */
+enum vfs_fn {
+	FN_FILE_READ = 0,
+	FN_FILE_WRITE,
+	FN_FILE_SPLICE_READ,          /* 6.5+: splice(2), sendfile(2), copy_file_range fallback */
+	FN_FILE_OPEN,
+	FN_NFS4_FILE_OPEN,
+	FN_ATOMIC_OPEN,
+	FN_FILE_FLUSH,
+	FN_NFS4_FILE_FLUSH,
+	FN_FILE_FSYNC,
+	FN_GETATTR,
+	FN_SETATTR,
+	FN_LOOKUP,
+	FN_READDIR,
+	FN_PERMISSION,
+	FN_PAGE_MKWRITE,
+	FN_DIRECT_READ,               /* nfs_file_direct_read: directreadbytes (O_DIRECT, AIO, swap) */
+	FN_DIRECT_WRITE,              /* nfs_file_direct_write: directwritebytes */
+	VFS_FN_MAX,
+};
+
 /* Per (mount, op, cgroup, comm[, pid]): calls, errors, bytes, latency. The pid
  * is 0 unless user space asked for per-process keys (CFG_F_VFS_PID). */
 struct vfs_key {
@@ -104,9 +128,9 @@ struct vfs_key {
 struct vfs_val {
 	__u64 calls;
 	__u64 errors;
-	__u64 bytes;
+	__u64 bytes;                  /* read/write: what mountstats' bytes: line counts for the call */
 	__u64 latency_ns;
-	__u64 hist[BPFNFS_HIST_SLOTS];
+	__u64 hist[BPFNFS_HIST_SLOTS]; /* calls whose entry was seen (all but vfs_untimed) */
 };
 
 /* Per file: (dev, fileid) in an LRU map. fileid is the full 64-bit NFS fileid. */
@@ -158,11 +182,11 @@ struct owner_val {
 	__u64 ambiguous_write_bytes;  /* written for a file with several dirtiers (FILE_F_MIXED) */
 };
 
-/* Identity of a reader, from nfs_initiate_read to nfs_readpage_done; also the
- * key of a READ or WRITE in flight (_pad: 0 read, 1 write) for its latency. */
+/* Key of a READ or WRITE RPC in flight, from nfs_initiate_read/write to
+ * nfs_readpage_done/nfs_writeback_done (write: 0 read, 1 write). */
 struct read_tag {
 	__u32 dev;
-	__u32 _pad;
+	__u32 write;
 	__u64 fileid;
 	__s64 offset;
 };
@@ -172,6 +196,13 @@ struct task_ident {
 	__u32 pid;
 	__u32 _pad;
 	char comm[BPFNFS_COMM_LEN];
+};
+
+/* A READ or WRITE in flight: when it was initiated and by whom (READs: the task
+ * that needs the data). */
+struct pgio_val {
+	__u64 ts;
+	struct task_ident id;
 };
 
 /* Errors by errno. kind says where the error was seen and what id means. */
@@ -197,10 +228,10 @@ enum bpfnfs_counter {
 	CNT_RPC_MAP_FULL,             /* rpc_stats map full: RPC sample lost */
 	CNT_IO_MAP_FULL,
 	CNT_CLNT_MAP_FULL,
-	CNT_PAIR_MISS,                /* tracefs tier: raw_tp/tracepoint halves did not pair */
+	CNT_PAIR_MISS,                /* RPC op counted without its fields' half (raw_tp or kprobe) */
 	CNT_RPC_EVENTS,               /* rpc_stats_latency firings seen */
 	CNT_VFS_MAP_FULL,             /* vfs_stats full: syscall-side sample lost */
-	CNT_VFS_START_FULL,           /* too many ops in flight to time one */
+	CNT_VFS_START_FULL,           /* unused since the start map became an LRU (kept: index order) */
 	CNT_FILE_INSERTS,             /* files added to the LRU (evictions = inserts - live - deleted) */
 	CNT_OWNER_MAP_FULL,
 	CNT_ERR_MAP_FULL,
@@ -208,6 +239,8 @@ enum bpfnfs_counter {
 	CNT_UNATTRIBUTED_READS,       /* READ completion without its initiate */
 	CNT_FILTERED,                 /* syscall-side ops skipped by --pid/--comm/--cgroup */
 	CNT_PGIO_UNMATCHED,           /* READ/WRITE completion without its initiate (no latency) */
+	CNT_VFS_UNTIMED,              /* syscall-side exit without its entry: counted, latency unknown */
+	CNT_RPC_EXEC_ESTIMATED,       /* kprobe method: RPC execute time from µs (tp_btf helper skipped) */
 	CNT_MAX,
 };
 
@@ -287,13 +320,19 @@ struct bpfnfs_config {
 	__u32 filter_tgid;            /* CFG_F_FILTER_PID: only this process */
 	char filter_comm[BPFNFS_COMM_LEN]; /* CFG_F_FILTER_COMM */
 	struct tp_offsets off;
+	__u32 _pad2[2];
 };
 
 #define CFG_F_EVENTS 1u           /* per-op records on the ring buffer */
 #define CFG_F_VFS_PID 2u          /* key syscall-side stats by pid too */
 #define CFG_F_FILTER_PID 4u
 #define CFG_F_FILTER_COMM 8u
-#define CFG_F_IDMAP_ARGS 32u     /* kprobes on 5.12+: getattr/setattr/permission take idmap first */
-#define CFG_F_FILTER_CGROUP 16u    /* ids in the cgroup_filter map (the cgroup and below) */
+#define CFG_F_FILTER_CGROUP 16u   /* ids in the cgroup_filter map (the cgroup and below) */
+#define CFG_F_IDMAP_ARGS 32u      /* kprobes on 5.12+: getattr/setattr/permission take idmap first */
+#define CFG_F_RPC_KPROBE 64u      /* kprobe method: RPC per-op fields from kprobe/rpc_count_iostats_metrics */
+#define CFG_F_DIRECT_FNS 256u     /* nfs_file_direct_{read,write} are hooked: they count direct bytes */
+#define CFG_F_WRITE_COUNTED_EARLY 512u /* 5.19+: nfs_file_write counts before a failing sync */
+#define CFG_F_ATOMIC 128u         /* preemptible kernel: per-CPU counters with atomic adds, since two
+				   * programs can interleave on one CPU */
 
 #endif /* __BPFNFS_H */

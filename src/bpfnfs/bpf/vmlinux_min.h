@@ -145,7 +145,10 @@ struct kiocb {
 	int ki_flags;
 };
 
-struct iov_iter;
+/* count sits in an anonymous union on 6.x; CO-RE finds it by name. */
+struct iov_iter {
+	size_t count;
+};
 
 /* ---- sunrpc module types (module BTF: 5.11+ with CONFIG_DEBUG_INFO_BTF_MODULES) ---- */
 
@@ -172,14 +175,24 @@ struct rpc_clnt {
 	struct rpc_clnt *cl_parent;
 };
 
+struct rpc_task;
+
 struct rpc_rqst {
+	struct rpc_task *rq_task;
 	__be32 rq_xid;
 	int rq_ntrans;
+	ktime_t rq_xtime;             /* when the request was transmitted */
+	ktime_t rq_rtt;
 	unsigned long rq_xmit_bytes_sent;
 	u32 rq_reply_bytes_recvd;
 };
 
+struct xdr_stream {
+	struct rpc_rqst *rqst;
+};
+
 struct rpc_task {
+	ktime_t tk_start;
 	struct rpc_message tk_msg;
 	struct rpc_clnt *tk_client;
 	struct rpc_rqst *tk_rqstp;
@@ -203,6 +216,10 @@ struct nfs_pgio_header {
 	struct inode *inode;
 	struct nfs_pgio_args args;
 	struct nfs_pgio_res res;
+};
+
+struct nfs_commit_data {
+	struct inode *inode;
 };
 
 #pragma clang attribute pop

@@ -17,6 +17,7 @@ from types import FrameType
 from bpfnfs import __version__
 from bpfnfs.agent import Agent, stderr_log
 from bpfnfs.cli.table import format_errors, format_files, format_identities, format_mount, format_vfs_ops
+from bpfnfs.collect.losses import loss_notes, losses_dict
 from bpfnfs.collect.snapshot import LayoutError
 from bpfnfs.collect.views import (
     MountReport,
@@ -27,7 +28,7 @@ from bpfnfs.collect.views import (
     mount_dict,
     vfs_dict,
 )
-from bpfnfs.config import BY, DEFAULT_PORT, SORT, Config, ConfigError
+from bpfnfs.config import BY, COUNTING, DEFAULT_PORT, SORT, Config, ConfigError
 from bpfnfs.export.exporter import Exporter
 from bpfnfs.export.http import ExportError
 from bpfnfs.loader.libbpf import LibbpfError
@@ -38,17 +39,6 @@ from bpfnfs.probes.tiers import TierError
 EXIT_USAGE = 2
 # Failures that get one line on stderr and exit status 2.
 FATAL = (RequirementError, LibbpfError, LoadError, TierError, LayoutError, ConfigError, ExportError)
-# Self-accounting counters that mean something was lost: shown under the table when non-zero.
-LOSS_COUNTERS = (
-    "ringbuf_drops",
-    "rpc_map_full",
-    "io_map_full",
-    "vfs_map_full",
-    "vfs_start_full",
-    "owner_map_full",
-    "err_map_full",
-    "kretprobe_missed",
-)
 
 
 class _Terminate(Exception):
@@ -116,6 +106,14 @@ def _common(p: argparse.ArgumentParser, interval_help: str = "seconds between re
         default="auto",
         help="hook tier: btf (module BTF: tp_btf+fexit) or tracefs (tracepoint offsets+kprobes); "
         "default: auto",
+    )
+    p.add_argument(
+        "--counting",
+        choices=COUNTING,
+        default="auto",
+        help="programs that count: fentry (tp_btf and fentry/fexit, the cheapest) or kprobe (classic "
+        "tracepoints and kprobes, whose handlers run with preemption disabled); default: auto, kprobe "
+        "on preemptible kernels (docs/design.md)",
     )
     p.add_argument(
         "--proc",
@@ -251,6 +249,7 @@ def parse_args(argv: list[str]) -> tuple[str, Config, argparse.Namespace]:
             count=ns.count if command != "top" else None,
             json=getattr(ns, "json", False),
             tier=ns.tier,
+            counting=ns.counting,
             all_ops=getattr(ns, "all_ops", False),
             proc=ns.proc,
             by=getattr(ns, "by", "mount"),
@@ -299,6 +298,14 @@ def _self_counters(agent: Agent, rep: Report) -> dict[str, object]:
     c["files_tracked"] = len(rep.snapshot.files)
     c["files_capacity"] = rep.snapshot.files_capacity
     c["probes_not_attached"] = rep.probe_failures
+    counting = agent.counting
+    if counting is not None:
+        c["counting"] = {
+            "method": counting.method,
+            "preemption": counting.preemption.model,
+            "preemption_source": counting.preemption.source,
+        }
+    c.update(losses_dict(rep.snapshot))
     return c
 
 
@@ -376,10 +383,7 @@ def _emit(cfg: Config, agent: Agent, rep: Report, prev: Report | None) -> None:
             out.extend(format_identities(_rows(cfg, agent, d), seconds, title))
         else:
             out.extend(format_files(file_rows(d, rep.paths, cfg.top, cfg.sort), seconds))
-    c = rep.snapshot.counters
-    notes = [f"{k} {c[k]}" for k in LOSS_COUNTERS if c.get(k)]
-    if c.get("file_evictions"):
-        notes.append(f"file LRU evictions {c['file_evictions']} (--max-files {rep.snapshot.files_capacity})")
+    notes = loss_notes(rep.snapshot)
     if rep.probe_failures:
         notes.append(f"{len(rep.probe_failures)} probes not attached")
     if notes:

@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bpfnfs.agent import Agent
+from bpfnfs.collect.losses import loss_notes
 from bpfnfs.collect.snapshot import RpcOpStats
 from bpfnfs.collect.views import MountReport, Report, diff_report, file_rows, identity_rows
 from bpfnfs.config import SORT, Config
@@ -338,17 +339,9 @@ def header(view: str, sort: str, tier: str | None, interval: float, stamp: str |
 
 def footer(rep: Report | None, message: str | None = None) -> list[Text]:
     """Loss counters and probes not attached (as `bpfnfs` prints under its table)."""
-    # Imported here: cli.main imports this module to dispatch `top`.
-    from bpfnfs.cli.main import LOSS_COUNTERS
-
     lines: list[Text] = []
     if rep is not None:
-        c = rep.snapshot.counters
-        notes = [f"{k} {c[k]}" for k in LOSS_COUNTERS if c.get(k)]
-        if c.get("file_evictions"):
-            notes.append(
-                f"file LRU evictions {c['file_evictions']} (--max-files {rep.snapshot.files_capacity})"
-            )
+        notes = loss_notes(rep.snapshot)
         if notes:
             lines.append(Text("lost: " + ", ".join(notes), style="bold red"))
         if rep.probe_failures:

@@ -166,7 +166,7 @@ def run_trace(cfg: Config, duration: float | None = None, agent_factory: type[Ag
 
     signal.signal(signal.SIGTERM, on_term)
     start = time.monotonic()
-    last_drops = 0
+    last_drops = last_skipped = 0
     try:
         agent.preflight()
         threshold = f"{cfg.slow_ms:g} ms" if cfg.slow_ms else "every operation"
@@ -188,6 +188,13 @@ def run_trace(cfg: Config, duration: float | None = None, agent_factory: type[Ag
                         lost = drops - last_drops
                         stderr_log(f"warning: {lost} slow-op records lost ({_lost_detail(agent)})")
                         last_drops = drops
+                    skipped = agent.skipped_events() or 0
+                    if skipped > last_skipped:
+                        stderr_log(
+                            f"warning: the kernel skipped {skipped - last_skipped} operations before bpfnfs "
+                            "saw them (their programs were busy on that CPU; docs/design.md, Preemption)"
+                        )
+                        last_skipped = skipped
             if not header_done and agent.obj is not None and not cfg.json:
                 print(HEADER, flush=True)
                 header_done = True
@@ -231,4 +238,9 @@ def _lost(agent: Agent) -> int:
 
 
 def _lost_detail(agent: Agent) -> str:
-    return f"ring buffer full {agent.counter('ringbuf_drops')}, queue full {agent.events_overflow}"
+    skipped = agent.skipped_events()
+    kernel = "not available" if skipped is None else str(skipped)
+    return (
+        f"ring buffer full {agent.counter('ringbuf_drops')}, queue full {agent.events_overflow}; "
+        f"operations the kernel skipped before bpfnfs saw them: {kernel}"
+    )

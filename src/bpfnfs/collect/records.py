@@ -99,6 +99,8 @@ COUNTERS = (
     "unattributed_reads",
     "filtered",
     "pgio_unmatched",
+    "vfs_untimed",
+    "rpc_exec_estimated",
 )
 
 # struct tp_offsets field order (40 u16; names starting with _ are padding).
@@ -144,13 +146,17 @@ TP_OFFSET_FIELDS = (
     "iw_offset",
 )
 TP_OFFSETS_LEN = 40
-CONFIG = struct.Struct(f"<IIQII{COMM_LEN}s{TP_OFFSETS_LEN}H")
+CONFIG = struct.Struct(f"<IIQII{COMM_LEN}s{TP_OFFSETS_LEN}H8x")
 CFG_F_EVENTS = 1
 CFG_F_VFS_PID = 2
 CFG_F_FILTER_PID = 4
 CFG_F_FILTER_COMM = 8
 CFG_F_FILTER_CGROUP = 16
 CFG_F_IDMAP_ARGS = 32
+CFG_F_RPC_KPROBE = 64
+CFG_F_ATOMIC = 128
+CFG_F_DIRECT_FNS = 256
+CFG_F_WRITE_COUNTED_EARLY = 512
 
 # Ring buffer records: struct op_event and struct path_event.
 OP_EVENT = struct.Struct(f"<7Q6IiHH{COMM_LEN}s{PROC_LEN}s")
@@ -171,7 +177,7 @@ LAYOUTS: dict[str, tuple[int, int]] = {
     "owners": (OWNER_KEY.size, OWNER_VAL.size),
     "errors": (ERR_KEY.size, U64.size),
     "cgroup_filter": (U64.size, 1),
-    "pgio_start": (struct.calcsize("<IIQq"), U64.size),
+    "pgio": (struct.calcsize("<IIQq"), struct.calcsize(f"<QQII{COMM_LEN}s")),
 }
 
 

@@ -214,6 +214,10 @@ class Snapshot:
     owners: dict[OwnerKey, OwnerStats] = field(default_factory=dict)
     errors: dict[ErrKey, int] = field(default_factory=dict)
     files_capacity: int = 0
+    # What the kernel keeps about each attached program, and each counting hook's
+    # losses (collect/losses.py); filled in by the agent.
+    programs: dict[str, Any] = field(default_factory=dict)  # name -> loader.progstats.ProgStats
+    hooks: dict[str, Any] = field(default_factory=dict)  # hook -> collect.losses.HookLoss
 
 
 def _sum_percpu(m: Map, raw: bytes, st: struct.Struct) -> tuple[int, ...]:

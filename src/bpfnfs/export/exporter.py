@@ -64,6 +64,7 @@ def agent_status(agent: Agent, collection_seconds: float = 0.0, collected: bool 
         collection_seconds=collection_seconds,
         collected_at=time.time() if collected else 0.0,
         mountinfo_parse_errors=agent.mounts.parse_errors,
+        counting=(c.method, c.preemption.model) if (c := agent.counting) is not None else None,
     )
 
 

@@ -41,7 +41,6 @@ MAP_FULL = (
     ("io_map_full", "io_stats"),
     ("clnt_map_full", "clients"),
     ("vfs_map_full", "vfs_stats"),
-    ("vfs_start_full", "vfs_start"),
     ("owner_map_full", "owners"),
     ("err_map_full", "errors"),
 )
@@ -67,6 +66,7 @@ class AgentStatus:
     collection_seconds: float = 0.0
     collected_at: float = 0.0  # wall clock, seconds since the epoch
     mountinfo_parse_errors: int = 0
+    counting: tuple[str, str] | None = None  # (counting method, preemption model)
 
 
 def hist_buckets(h: Log2Hist) -> list[tuple[str, float]]:
@@ -454,6 +454,42 @@ class BpfnfsCollector(Collector):
                     fl,
                 ).add_metric(lv, f.latency_ns / 1e9)
 
+    def _programs(self, fams: _Families, rep: Report) -> None:
+        """Per counting hook and per BPF program: what the kernel skipped. Series of a figure the
+        kernel does not keep (recursion_misses before 5.12) are absent, never 0."""
+        hl = fams.counter(
+            "bpfnfs_hook_events_lost_total",
+            "Events of a counting hook that bpfnfs missed: the kernel skipped its program there, "
+            "which was already running on that CPU.",
+            ["hook"],
+        )
+        for h, x in sorted(rep.snapshot.hooks.items()):
+            if x.lost is not None:
+                hl.add_metric([h], x.lost)
+        rm = fams.counter(
+            "bpfnfs_bpf_program_recursion_misses_total",
+            "Runs the kernel skipped because the program (or, for kprobes and classic tracepoints, any "
+            "such program or a BPF map syscall) was already running on that CPU.",
+            ["program"],
+        )
+        rc = fams.counter(
+            "bpfnfs_bpf_program_runs_total",
+            "Runs of the program (while kernel.bpf_stats_enabled=1).",
+            ["program"],
+        )
+        rt = fams.counter(
+            "bpfnfs_bpf_program_run_seconds_total",
+            "Time spent in the program (while kernel.bpf_stats_enabled=1).",
+            ["program"],
+        )
+        for name, ps in sorted(rep.snapshot.programs.items()):
+            if ps.recursion_misses is not None:
+                rm.add_metric([name], ps.recursion_misses)
+            if ps.run_cnt is not None:
+                rc.add_metric([name], ps.run_cnt)
+            if ps.run_time_ns is not None:
+                rt.add_metric([name], ps.run_time_ns / 1e9)
+
     def _self(self, fams: _Families, st: AgentStatus, rep: Report | None, identities: dict[str, int]) -> None:
         c = rep.snapshot.counters if rep is not None else st.counters
         fams.gauge(
@@ -480,6 +516,15 @@ class BpfnfsCollector(Collector):
         fams.counter(
             "bpfnfs_kretprobe_missed_total", "Function returns a kretprobe missed (tier tracefs).", []
         ).add_metric([], c.get("kretprobe_missed", 0))
+        if st.counting is not None:
+            fams.gauge(
+                "bpfnfs_counting_info",
+                "Which programs count (fentry: tp_btf and fentry/fexit; kprobe: classic tracepoints and "
+                "kprobes) and the kernel's preemption model that decided it (value 1).",
+                ["method", "preemption"],
+            ).add_metric(list(st.counting), 1)
+        if rep is not None:
+            self._programs(fams, rep)
         un = fams.counter(
             "bpfnfs_unattributed_rpcs_total", "READ/WRITE RPCs with no known issuing task.", ["op"]
         )

@@ -79,6 +79,8 @@ def _bind(lib: ctypes.CDLL) -> None:
         "bpf_program__autoload": (c_bool, [c_void_p]),
         "bpf_program__attach": (c_void_p, [c_void_p]),
         "bpf_program__fd": (c_int, [c_void_p]),
+        "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, POINTER(c_uint32)]),
+        "bpf_enable_stats": (c_int, [c_int]),
         "bpf_link__destroy": (c_int, [c_void_p]),
         "bpf_map__name": (c_char_p, [c_void_p]),
         "bpf_map__fd": (c_int, [c_void_p]),
@@ -143,6 +145,7 @@ class Libbpf:
         self._libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
         self._libc.vsnprintf.restype = c_int
         self.log: deque[str] = deque(maxlen=2000)
+        self.pending: BaseException | None = None
         self.debug = False
         self._lock = threading.Lock()
         self._print_cb = PRINT_FN(self._on_print)  # keep a reference: libbpf holds the pointer
@@ -151,13 +154,24 @@ class Libbpf:
     def _on_print(self, level: int, fmt: bytes, args: int) -> int:
         # One call only: a va_list cannot be walked twice. Verifier logs arrive
         # as a single message, hence the large buffer.
-        buf = ctypes.create_string_buffer(1 << 18)
-        self._libc.vsnprintf(buf, len(buf), fmt, args)
-        text = buf.value.decode("utf-8", "replace").rstrip("\n")
-        with self._lock:
-            if level <= LIBBPF_INFO or self.debug:
-                self.log.extend(text.splitlines())
+        try:
+            buf = ctypes.create_string_buffer(1 << 18)
+            self._libc.vsnprintf(buf, len(buf), fmt, args)
+            text = buf.value.decode("utf-8", "replace").rstrip("\n")
+            with self._lock:
+                if level <= LIBBPF_INFO or self.debug:
+                    self.log.extend(text.splitlines())
+        except BaseException as e:
+            # A signal handler (SIGTERM, Ctrl-C) that ran inside this callback: ctypes
+            # drops exceptions raised here, so keep it for raise_pending().
+            self.pending = e
         return 0
+
+    def raise_pending(self) -> None:
+        """Re-raise what a signal handler raised while libbpf was calling back into Python."""
+        e, self.pending = self.pending, None
+        if e is not None:
+            raise e
 
     def last_log(self, n: int = 12) -> list[str]:
         with self._lock:

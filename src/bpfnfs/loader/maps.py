@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpfnfs.loader.libbpf import BpfMapBatchOpts, Libbpf, LibbpfError, errno_message
+from bpfnfs.loader.sched import MAP_SYSCALLS
 
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
@@ -116,15 +117,16 @@ class Map:
         while True:
             count = ctypes.c_uint32(batch)
             ctypes.set_errno(0)
-            ret = L.bpf_map_lookup_batch(
-                self.fd,
-                None if first else in_batch,
-                out_batch,
-                keys,
-                vals,
-                ctypes.byref(count),
-                ctypes.byref(opts),
-            )
+            with MAP_SYSCALLS.guard():
+                ret = L.bpf_map_lookup_batch(
+                    self.fd,
+                    None if first else in_batch,
+                    out_batch,
+                    keys,
+                    vals,
+                    ctypes.byref(count),
+                    ctypes.byref(opts),
+                )
             err = -ret if ret < 0 else 0
             if ret and err not in (errno.ENOENT,):
                 if first and err in (errno.EINVAL, errno.ENOTSUP, 524):  # 524: ENOTSUPP
@@ -149,21 +151,25 @@ class Map:
         while L.bpf_map_get_next_key(self.fd, prev, nxt) == 0:
             ctypes.memmove(key, nxt, self.key_size)
             prev = key
-            if L.bpf_map_lookup_elem(self.fd, key, val) == 0:
+            with MAP_SYSCALLS.guard():
+                found = L.bpf_map_lookup_elem(self.fd, key, val) == 0
+            if found:
                 yield key.raw, val.raw
 
     def lookup(self, key: bytes) -> bytes | None:
         ncpus = self.lib.num_possible_cpus() if self.percpu else 1
         val = ctypes.create_string_buffer(self._stride(ncpus))
-        if self.lib.lib.bpf_map_lookup_elem(self.fd, key, val) != 0:
-            return None
-        return val.raw
+        with MAP_SYSCALLS.guard():
+            ret = self.lib.lib.bpf_map_lookup_elem(self.fd, key, val)
+        return val.raw if ret == 0 else None
 
     def delete(self, key: bytes) -> bool:
-        return self.lib.lib.bpf_map_delete_elem(self.fd, key) == 0
+        with MAP_SYSCALLS.guard():
+            return self.lib.lib.bpf_map_delete_elem(self.fd, key) == 0
 
     def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
-        ret = self.lib.lib.bpf_map_update_elem(self.fd, key, value, flags)
+        with MAP_SYSCALLS.guard():
+            ret = self.lib.lib.bpf_map_update_elem(self.fd, key, value, flags)
         if ret:
             raise LibbpfError(f"{self.name}: update failed: {errno_message(ret)}")
 

@@ -69,6 +69,7 @@ class BpfObject:
         opts = BpfObjectOpenOpts(sz=ctypes.sizeof(BpfObjectOpenOpts), object_name=self._name)
         self.lib.clear_log()
         ptr = L.bpf_object__open_mem(self._buf, len(self.data), ctypes.byref(opts))
+        self.lib.raise_pending()
         if not ptr:
             raise LoadError(f"cannot open the BPF object: {errno_message(0)}\n" + self._log())
         self.ptr = ptr
@@ -117,6 +118,7 @@ class BpfObject:
     def load(self) -> None:
         self.lib.clear_log()
         ret = self.lib.lib.bpf_object__load(self.ptr)
+        self.lib.raise_pending()
         if ret:
             raise LoadError(f"the kernel rejected the BPF object ({errno_message(ret)}):\n" + self._log())
         self.loaded = True
@@ -128,11 +130,12 @@ class BpfObject:
         self.lib.clear_log()
         ctypes.set_errno(0)
         link = self.lib.lib.bpf_program__attach(p.ptr)
+        if link:
+            self.links.append(Link(name, p.section, link))
+        self.lib.raise_pending()
         if not link:
             raise LoadError(f"cannot attach {p.section} ({errno_message(0)})\n" + self._log())
-        lk = Link(name, p.section, link)
-        self.links.append(lk)
-        return lk
+        return self.links[-1]
 
     def attach_kretprobe(self, name: str, func: str, maxactive: int, tracefs: Path) -> Link:
         """A kretprobe with room for `maxactive` calls in flight, made through tracefs.

@@ -9,15 +9,23 @@ import ctypes
 
 from bpfnfs.loader.libbpf import Libbpf, libbpf
 
+BTF_KIND_PTR = 2
+BTF_KIND_TYPEDEF = 8
 BTF_KIND_FUNC = 12
+BTF_KIND_FUNC_PROTO = 13
 
 
 class _BtfType(ctypes.Structure):
     _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("type", ctypes.c_uint32)]
 
 
-def function_arity(module: str, names: list[str], lib: Libbpf | None = None) -> dict[str, int | None]:
-    """name -> argument count in `module`'s BTF (None: absent, or no BTF at all)."""
+def function_arity(
+    module: str, names: list[str], lib: Libbpf | None = None, tracepoints: list[str] | None = None
+) -> dict[str, int | None]:
+    """name -> argument count in `module`'s BTF (None: absent, or no BTF at all).
+
+    tracepoints: also the argument count of these tracepoints (their btf_trace_<name>
+    typedef, without the leading data pointer), keyed "tp:<name>"."""
     L = (lib or libbpf()).lib
     out: dict[str, int | None] = dict.fromkeys(names)
     vmlinux = L.btf__load_vmlinux_btf()
@@ -36,9 +44,28 @@ def function_arity(module: str, names: list[str], lib: Libbpf | None = None) -> 
                 fn = _BtfType.from_address(L.btf__type_by_id(btf, tid))
                 proto = _BtfType.from_address(L.btf__type_by_id(btf, fn.type))
                 out[name] = proto.info & 0xFFFF
+            for tp in tracepoints or ():
+                out[f"tp:{tp}"] = _tracepoint_nargs(L, btf, tp)
         finally:
             if mod:
                 L.btf__free(mod)
     finally:
         L.btf__free(vmlinux)
     return out
+
+
+def _kind(t: _BtfType) -> int:
+    return (t.info >> 24) & 0x1F
+
+
+def _tracepoint_nargs(L: ctypes.CDLL, btf: int, name: str) -> int | None:
+    """typedef void (*btf_trace_<name>)(void *, args...): the number of args."""
+    tid = L.btf__find_by_name_kind(btf, f"btf_trace_{name}".encode(), BTF_KIND_TYPEDEF)
+    if tid <= 0:
+        return None
+    t = _BtfType.from_address(L.btf__type_by_id(btf, tid))
+    for want in (BTF_KIND_PTR, BTF_KIND_FUNC_PROTO):
+        t = _BtfType.from_address(L.btf__type_by_id(btf, t.type))
+        if _kind(t) != want:
+            return None
+    return max(0, (t.info & 0xFFFF) - 1)

@@ -4,6 +4,7 @@ Each failed requirement is one sentence naming the cause and the fix."""
 
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +110,103 @@ def modules(tracefs: Path, btf_dir: Path = BTF_DIR) -> Modules:
 
 def o_direct() -> int:
     return getattr(os, "O_DIRECT", 0o40000)
+
+
+# ---- preemption model -------------------------------------------------------------------------
+
+PREEMPT_DEBUGFS = Path("/sys/kernel/debug/sched/preempt")
+_PREEMPTIBLE = ("full", "lazy", "rt")
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """How the running kernel preempts kernel code, and where that was read.
+
+    model: none | voluntary | full | lazy | rt, or "dynamic" when the kernel can
+    switch at run time and nothing said which model is on (taken as preemptible:
+    the safe side)."""
+
+    model: str
+    source: str
+
+    @property
+    def preemptible(self) -> bool:
+        return self.model in (*_PREEMPTIBLE, "dynamic")
+
+    def describe(self) -> str:
+        shown = {"lazy": "full (lazy)", "rt": "full (PREEMPT_RT)", "dynamic": "dynamic (unknown)"}
+        return f"preemption {shown.get(self.model, self.model)} ({self.source})"
+
+
+def _config_model(text: str) -> str | None:
+    """Default model from a kernel .config (the Kconfig choice)."""
+    for opt, model in (
+        ("CONFIG_PREEMPT_RT=y", "rt"),
+        ("CONFIG_PREEMPT_LAZY=y", "lazy"),
+        ("CONFIG_PREEMPT=y", "full"),
+        ("CONFIG_PREEMPT_VOLUNTARY=y", "voluntary"),
+        ("CONFIG_PREEMPT_NONE=y", "none"),
+    ):
+        if opt in text.splitlines():
+            return model
+    return None
+
+
+def preemption(
+    debugfs: Path = PREEMPT_DEBUGFS,
+    cmdline: str | None = None,
+    version: str | None = None,
+    config: str | None = None,
+) -> Preemption:
+    """The kernel's preemption model: debugfs (which shows the current one on
+    PREEMPT_DYNAMIC kernels), else the preempt= boot option, else uname -v and the
+    kernel config's default."""
+    try:
+        text = debugfs.read_text()
+    except OSError:
+        text = ""
+    # "none (voluntary) full lazy": the current model is in parentheses.
+    for word in text.split():
+        if word.startswith("(") and word.endswith(")"):
+            return Preemption(word.strip("()"), str(debugfs))
+    version = os.uname().version if version is None else version
+    if "PREEMPT_RT" in version:
+        return Preemption("rt", "uname -v")
+    dynamic = "PREEMPT_DYNAMIC" in version
+    if dynamic:
+        if cmdline is None:
+            try:
+                cmdline = Path("/proc/cmdline").read_text()
+            except OSError:
+                cmdline = ""
+        for arg in cmdline.split():
+            if arg.startswith("preempt=") and arg[8:] in ("none", "voluntary", "full", "lazy"):
+                return Preemption(arg[8:], "kernel command line")
+        if config is None:
+            config = _read_config()
+        model = _config_model(config or "")
+        if model is not None:
+            return Preemption(model, "kernel config default")
+        return Preemption("dynamic", "uname -v: PREEMPT_DYNAMIC")
+    if " PREEMPT " in f" {version} ":
+        return Preemption("full", "uname -v")
+    if config is None:
+        config = _read_config()
+    model = _config_model(config or "")
+    if model is not None:
+        return Preemption(model, "kernel config")
+    # No PREEMPT in the version string: built without preemption of kernel code.
+    return Preemption("voluntary" if version else "dynamic", "uname -v")
+
+
+def _read_config() -> str | None:
+    release = os.uname().release
+    for path in (Path(f"/boot/config-{release}"), Path(f"/lib/modules/{release}/config")):
+        try:
+            return path.read_text()
+        except OSError:
+            continue
+    try:
+        return gzip.decompress(Path("/proc/config.gz").read_bytes()).decode()
+    except (OSError, EOFError):
+        return None

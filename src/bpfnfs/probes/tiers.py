@@ -9,11 +9,13 @@
            describes struct rpc_task, as 5.10's does), kprobes on the NFS file
            operations.
 
-Both tiers run the same classic tracepoints for the mount probe (sunrpc:rpc_request),
-read ownership (nfs:nfs_initiate_read), COMMITs (nfs:nfs_commit_done) and server
-statuses (nfs:nfs_xdr_status, nfs4:nfs4_xdr_status), and the same syscall-side
-accounting behind fentry/fexit (btf) or kprobes (tracefs) on the NFS file and
-inode operations (VFS_FUNCTIONS).
+Both tiers run the same classic tracepoint for the mount probe (sunrpc:rpc_request)
+and the same accounting behind their hooks; the btf tier reads every other
+tracepoint (read ownership, COMMITs, server statuses) through tp_btf, whose
+programs have their own recursion counters, unlike kprobes and classic
+tracepoints, which share one per CPU with every other BPF user's map syscalls.
+Which kind of program counts is the counting method (probes/loading.py): tp_btf
+and fentry/fexit, or classic tracepoints and kprobes on preemptible kernels.
 """
 
 from __future__ import annotations
@@ -21,53 +23,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpfnfs.probes.hooks import fentry_programs, kprobe_programs
 from bpfnfs.probes.tracefs import EventFormat, FormatError, read_format
 
-# Kernel functions of the syscall side: (function, module, argument count in
-# the btf tier's prototype, i.e. 5.12+ where idmap/user_namespace comes first).
-VFS_FUNCTIONS: tuple[tuple[str, str, int], ...] = (
-    ("nfs_file_read", "nfs", 2),
-    ("nfs_file_write", "nfs", 2),
-    ("nfs_file_open", "nfs", 2),
-    ("nfs4_file_open", "nfsv4", 2),
-    ("nfs_atomic_open", "nfs", 5),  # NFSv4: OPEN with the lookup; nfs4_file_open only on cached dentries
-    ("nfs_file_flush", "nfs", 2),
-    ("nfs4_file_flush", "nfsv4", 2),
-    ("nfs_file_fsync", "nfs", 4),
-    ("nfs_getattr", "nfs", 5),
-    ("nfs_setattr", "nfs", 3),
-    ("nfs_lookup", "nfs", 3),
-    ("nfs_readdir", "nfs", 2),
-    ("nfs_permission", "nfs", 3),
-    ("nfs_vm_page_mkwrite", "nfs", 1),
-)
+# The mount probe: one program on every tier and method (a probe that went unseen is
+# made again).
+COMMON_PROGRAMS: dict[str, str] = {"tp_rpc_request": "sunrpc"}
+# RPC per-op fields besides the tracepoint, per (tier, method): the tracefs tier pairs
+# the classic tracepoint with a raw_tp half (and rpc_task_end for the status); with
+# module BTF the kprobe method reads them in a kprobe, and the exact execute time in
+# a tp_btf helper attached before the tracepoint program (probes run in that order).
+RPC_HELPERS: dict[tuple[str, str], dict[str, str]] = {
+    ("tracefs", "kprobe"): {"raw_rpc_stats_latency": "sunrpc", "tp_rpc_task_end": "sunrpc"},
+    ("btf", "kprobe"): {"btf_rpc_execute_ns": "sunrpc", "kp_rpc_count_iostats_metrics": "sunrpc"},
+    ("btf", "fentry"): {},
+}
+METHODS = ("fentry", "kprobe")
 
-# Program -> the module whose arrival it waits for.
-BTF_PROGRAMS: dict[str, str] = {
-    "btf_rpc_stats_latency": "sunrpc",
-    "btf_nfs_readpage_done": "nfs",
-    "btf_nfs_writeback_done": "nfs",
-}
-TRACEFS_PROGRAMS: dict[str, str] = {
-    "raw_rpc_stats_latency": "sunrpc",
-    "tp_rpc_stats_latency": "sunrpc",
-    "tp_rpc_task_end": "sunrpc",
-    "tp_nfs_readpage_done": "nfs",
-    "tp_nfs_writeback_done": "nfs",
-}
-COMMON_PROGRAMS: dict[str, str] = {
-    "tp_rpc_request": "sunrpc",
-    "tp_nfs_initiate_read": "nfs",
-    "tp_nfs_initiate_write": "nfs",
-    "tp_nfs_commit_done": "nfs",
-    "tp_nfs_xdr_status": "nfs",
-    "tp_nfs4_xdr_status": "nfsv4",
-}
-for _fn, _mod, _n in VFS_FUNCTIONS:
-    BTF_PROGRAMS[f"fe_{_fn}"] = _mod
-    BTF_PROGRAMS[f"fx_{_fn}"] = _mod
-    TRACEFS_PROGRAMS[f"kp_{_fn}"] = _mod
-    TRACEFS_PROGRAMS[f"krp_{_fn}"] = _mod
+
+def programs_for(tier: str, method: str) -> dict[str, str]:
+    """Program -> the module whose arrival it waits for, in attach order."""
+    counting = fentry_programs() if method == "fentry" else kprobe_programs()
+    return RPC_HELPERS[(tier, method)] | counting | COMMON_PROGRAMS
+
 
 TIERS = ("btf", "tracefs")
 
@@ -103,6 +81,8 @@ COMMON_FIELDS: tuple[tuple[str, str, str, tuple[str, ...], int], ...] = (
     ("rq_client_id", "sunrpc", "rpc_request", ("client_id",), _SCALAR),
     ("rq_version", "sunrpc", "rpc_request", ("version",), _SCALAR),
     ("rq_procname", "sunrpc", "rpc_request", ("procname",), _LOC),
+)
+TRACEFS_FIELDS += (
     ("ir_dev", "nfs", "nfs_initiate_read", ("dev",), _SCALAR),
     ("ir_fileid", "nfs", "nfs_initiate_read", ("fileid",), _LONG),
     ("ir_offset", "nfs", "nfs_initiate_read", ("offset",), _LONG),
@@ -116,7 +96,7 @@ COMMON_FIELDS: tuple[tuple[str, str, str, tuple[str, ...], int], ...] = (
     ("xs_error", "nfs", "nfs_xdr_status", ("error",), _LONG),
     ("xs_procedure", "nfs", "nfs_xdr_status", ("procedure",), _LOC),
 )
-# Only once the nfsv4 module is loaded (its tracepoints come with it).
+# Only once the nfsv4 module is loaded (its tracepoints come with it), tier tracefs.
 NFSV4_FIELDS: tuple[tuple[str, str, str, tuple[str, ...], int], ...] = (
     ("x4_client_id", "nfs4", "nfs4_xdr_status", ("client_id",), _SCALAR),
     ("x4_op", "nfs4", "nfs4_xdr_status", ("op",), _SCALAR),
@@ -135,6 +115,7 @@ class TierPlan:
     programs: tuple[str, ...]  # to load now
     offsets: dict[str, int]
     deferred: dict[str, tuple[str, ...]] = field(default_factory=dict)  # module -> programs waiting for it
+    method: str = "fentry"  # counting method (probes/loading.py)
 
     def describe(self) -> str:
         return f"tier {self.tier}: {self.reason}"
@@ -162,17 +143,8 @@ def _offsets(
     return out
 
 
-def plan(
-    requested: str,
-    have_module_btf: bool,
-    tracefs: Path | None,
-    loaded: frozenset[str] = frozenset({"sunrpc", "nfs", "nfsv4"}),
-) -> TierPlan:
-    """Choose the tier (requested: auto|btf|tracefs) and compute tracefs offsets.
-
-    loaded: the kernel modules present now; programs for the others are
-    deferred until their module appears (nfsv4 is often loaded by the first
-    v4 mount, after the agent started)."""
+def tier_for(requested: str, have_module_btf: bool) -> str:
+    """The tier (auto|btf|tracefs requested) this kernel gets."""
     if requested not in ("auto", *TIERS):
         raise TierError(f"unknown tier {requested!r}; choose auto, btf or tracefs")
     if requested == "btf" and not have_module_btf:
@@ -180,39 +152,47 @@ def plan(
             "tier btf needs module BTF for sunrpc and nfs (/sys/kernel/btf/{sunrpc,nfs}); this kernel has "
             "none (CONFIG_DEBUG_INFO_BTF_MODULES is off): use --tier tracefs or auto"
         )
+    return "btf" if requested == "btf" or (requested == "auto" and have_module_btf) else "tracefs"
+
+
+def plan(
+    requested: str,
+    have_module_btf: bool,
+    tracefs: Path | None,
+    loaded: frozenset[str] = frozenset({"sunrpc", "nfs", "nfsv4"}),
+    method: str = "fentry",
+) -> TierPlan:
+    """Choose the tier (requested: auto|btf|tracefs) and compute tracefs offsets.
+
+    loaded: the kernel modules present now; programs for the others are
+    deferred until their module appears (nfsv4 is often loaded by the first
+    v4 mount, after the agent started). method: the counting method (fentry:
+    tp_btf and fentry/fexit; kprobe: classic tracepoints and kprobes), which
+    the tracefs tier always uses."""
+    tier = tier_for(requested, have_module_btf)
     offsets = _offsets(COMMON_FIELDS, tracefs)
-    if "nfsv4" in loaded:
-        offsets |= _offsets(NFSV4_FIELDS, tracefs)
-    if requested == "btf" or (requested == "auto" and have_module_btf):
-        tier = "btf"
+    if tier == "btf":
         reason = (
-            "module BTF for sunrpc and nfs is present, so tp_btf and fentry/fexit read the kernel's own "
-            "structures"
+            "module BTF for sunrpc and nfs is present, so the programs read the kernel's own structures"
             if requested == "auto"
             else "requested with --tier btf"
         )
-        progs = BTF_PROGRAMS | COMMON_PROGRAMS
     else:
-        tier = "tracefs"
-        offsets |= _offsets(TRACEFS_FIELDS, tracefs)
         reason = (
             "no module BTF for sunrpc/nfs (CONFIG_DEBUG_INFO_BTF_MODULES off), so tracepoint fields are read "
             "at tracefs format offsets and the NFS file operations through kprobes"
             if requested == "auto"
             else "requested with --tier tracefs"
         )
-        progs = TRACEFS_PROGRAMS | COMMON_PROGRAMS
+        method = "kprobe"
+    if method == "kprobe":
+        offsets |= _offsets(TRACEFS_FIELDS, tracefs)
+        if "nfsv4" in loaded:
+            offsets |= _offsets(NFSV4_FIELDS, tracefs)
+    progs = programs_for(tier, method)
     now = tuple(p for p, mod in progs.items() if mod in loaded)
     deferred: dict[str, tuple[str, ...]] = {}
     for p, mod in progs.items():
         if mod not in loaded:
             deferred[mod] = (*deferred.get(mod, ()), p)
-    return TierPlan(tier, reason, now, offsets, deferred)
-
-
-def vfs_function(program: str) -> tuple[str, str, int] | None:
-    """(function, module, nargs) behind an fentry/fexit/kprobe program, if it is one."""
-    for fn, mod, n in VFS_FUNCTIONS:
-        if program.split("_", 1)[1] == fn:
-            return fn, mod, n
-    return None
+    return TierPlan(tier, reason, now, offsets, deferred, method)

@@ -26,6 +26,8 @@ from bench.workloads import WorkloadError
 
 MOUNT = Path("/mnt/nfs4")  # NFSv4.2: the protocol most clients use today
 SECTIONS = ("overhead", "counting", "scale", "transport")
+# The smoke run (make test): one workload per kind of hook, RPCs, the syscall side cached, metadata.
+SMOKE_WORKLOADS = ["randread-4k-direct", "randread-4k-buffered", "metadata"]
 
 
 def log(msg: str) -> None:
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     small = args.smoke
     if small:
         args.reps, args.size_mib = 1, 16
+        # One workload per kind of hook: RPCs, the syscall side cached, metadata.
+        args.workloads = args.workloads or SMOKE_WORKLOADS
     args.runtime = args.runtime or (2.0 if small else 5.0)
     args.meta_files = args.meta_files or (300 if small else 10000)
     args.scale = args.scale or ("2000,20,6" if small else "100000,1000,50")
@@ -238,15 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         res.put("overhead_summary", summarize_overhead(res.doc))
         failed |= bool(res.doc["overhead"]["errors"])
     if "counting" in args.sections:
-        # The smoke run takes one workload per kind of hook: RPCs, the syscall side cached, metadata.
-        smoke_wl = ["randread-4k-direct", "randread-4k-buffered", "metadata"]
         try:
             res.put(
                 "counting",
                 counting.run_counting(
                     MOUNT / "bench",
                     args.out,
-                    list(workloads.by_name(args.workloads or (smoke_wl if args.smoke else None))),
+                    list(workloads.by_name(args.workloads)),
                     runtime=args.runtime,
                     size_mib=args.size_mib,
                     meta_files=args.meta_files,

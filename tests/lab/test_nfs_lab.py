@@ -7,9 +7,11 @@ each runs lab.check (agent vs /proc/self/mountstats deltas around an fio, dd
 and metadata workload and every path that moves the bytes: counters, on an
 NFSv3 and an NFSv4.2 mount; on the preemptible kernels from three workers at
 once, next to the old counting method, which must lose events and report
-them) and lab.check_cli (the command as a person runs it). Further VMs boot
-without NFS to check that bpfnfs waits and attaches when the modules load.
-lab.check_client then checks the client picture: per-process and per-cgroup
+them) and, except on trixie-preempt (CHECK_ONLY), lab.check_cli (the command
+as a person runs it), lab.check_views and lab.check_client. Two more VMs
+(bookworm, trixie-backports: one per counting method) boot without NFS to
+check that bpfnfs waits and attaches when the modules load.
+lab.check_client checks the client picture: per-process and per-cgroup
 syscall counts, writeback billed to the dirtying cgroup, per-file top-N, errno
 per layer, soft mount timeouts, the file LRU at 100,000 files, and stale
 series.
@@ -22,8 +24,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -53,13 +57,19 @@ EXPECTED_COUNTING = {
     "trixie-preempt": "kprobe",
 }
 PREEMPTIBLE = {"trixie-backports", "trixie-preempt"}
-# Module-load-after-start boots: one voluntary-preemption kernel, and the preemptible ones.
-LATE = ("bookworm", "trixie-backports", "trixie-preempt")
+# Module-load-after-start boots: one kernel per counting method (fentry, kprobe).
+LATE = ("bookworm", "trixie-backports")
+# trixie-preempt is trixie's kernel counting the way trixie-backports does: only its
+# exactness check (lab.check, next to the old method) tells something the others do not.
+CHECK_ONLY = {"trixie-preempt"}
+CHAIN = [s for s in SUITES if s not in CHECK_ONLY]
 
 
-def _guest_cmd(out: Path, late: bool) -> str:
+def _guest_cmd(suite: str, out: Path, late: bool) -> str:
     if late:
         return f"{VENV_PY} -m lab.check_cli --late --out {out}"
+    if suite in CHECK_ONLY:
+        return f"{VENV_PY} -m lab.check --out {out}"
     # Each check writes its own JSON; run them all even if one fails, report the first failure's rc.
     return (
         f'rc=""; {VENV_PY} -m lab.check --out {out} || rc=$?; '
@@ -91,30 +101,60 @@ def _boot(job: tuple[str, bool]) -> tuple[str, bool, Any]:
     out = OUT / (f"{suite}-late" if late else suite)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    # 1.5 GiB: the 100,000-file LRU scenario keeps server and client inodes of every file in memory.
-    res = vm.run(
-        suite,
-        ["sh", "-c", _guest_cmd(out, late)],
-        out,
-        nfs="none" if late else "full",
-        mem="512M" if late else "1536M",
-        timeout=2400,
-    )
+    for attempt in (1, 2):
+        # 1.5 GiB: the 100,000-file LRU scenario keeps server and client inodes of every file in memory.
+        res = vm.run(
+            suite,
+            ["sh", "-c", _guest_cmd(suite, out, late)],
+            out,
+            nfs="none" if late else "full",
+            mem="512M" if late else "1536M",
+            timeout=2400,
+        )
+        console = res.console_log.read_text(errors="replace") if res.console_log.exists() else ""
+        if attempt == 2 or not _emulator_panic(console):
+            break
+        # Kept and reported (the warnings summary), then one more boot.
+        kept = out.with_name(out.name + "-panic")
+        shutil.rmtree(kept, ignore_errors=True)
+        out.rename(kept)
+        out.mkdir(parents=True)
+        PANICS.append(f"{suite}{' (late)' if late else ''}: {res.error}; see {kept / 'console.log'}")
     return suite, late, res
+
+
+PANICS: list[str] = []
+
+
+def _emulator_panic(console: str) -> bool:
+    """A guest kernel panic with no BPF, kprobe or trampoline frame in its trace. Seen once
+    in about twenty TCG boots (a double fault in kmalloc under create_worker, EFLAGS
+    garbage): the emulator's, not bpfnfs's, so that boot runs again. A panic that shows
+    any of bpfnfs's machinery is never retried."""
+    if "Kernel panic" not in console:
+        return False
+    # The kernel's lines (the guest's clock after the host's) from the first oops line on.
+    kernel = [ln for ln in console.splitlines() if re.match(r"\[\s*[\d.]+\] \[\s*[\d.]+\] ", ln)]
+    start = next((i for i, ln in enumerate(kernel) if re.search(r"Oops|BUG:|PANIC|Call Trace", ln)), 0)
+    trace = "\n".join(kernel[start:]).lower()
+    return not any(k in trace for k in ("bpf", "kprobe", "trampoline", "ftrace"))
 
 
 @pytest.fixture(scope="session")
 def lab_runs() -> dict[tuple[str, bool], Any]:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.fail("qemu-system-x86_64 is missing: run `make setup`")
-    # The bench smoke first: it is the longest single VM, so the pool of two ends sooner.
-    # Longest first, so the pool of two ends together: the bench smoke, the preemptible
-    # kernels (three workers and a second agent), the others, the short late-attach boots.
+    # Longest first, so the pool of two ends together: the bench smoke, trixie-backports
+    # (three workers and a second agent, then the whole chain), the other full chains,
+    # trixie-preempt's check alone, the short late-attach boots.
     jobs = [("bench", False)] if "bookworm" in SUITES else []
-    jobs += sorted(((s, False) for s in SUITES), key=lambda j: j[0] not in PREEMPTIBLE)
+    jobs += sorted(((s, False) for s in SUITES), key=lambda j: (j[0] in CHECK_ONLY, j[0] not in PREEMPTIBLE))
     jobs += [(s, True) for s in LATE if s in SUITES]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return {(s, late): res for s, late, res in pool.map(_boot, jobs)}
+        runs = {(s, late): res for s, late, res in pool.map(_boot, jobs)}
+    for p in PANICS:
+        warnings.warn(f"guest kernel panic outside bpfnfs, booted again: {p}", stacklevel=1)
+    return runs
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -130,8 +170,11 @@ def test_counts_equal_mountstats(suite: str, lab_runs: dict[tuple[str, bool], An
     assert not bad, f"{suite} ({r['kernel']}, tier {r['tier']}): {len(bad)} mismatches: {bad[:10]}"
     assert r["tier"] == EXPECTED_TIER.get(suite, r["tier"])
     assert r["counting"] == EXPECTED_COUNTING.get(suite, r["counting"]), r["counting_reason"]
-    # Every kernel-counted loss of the counting method itself would show here.
+    # Every kernel-counted loss of the counting method itself would show here; before 5.12
+    # the kernel keeps no such counter, and it says "not available" (None), never 0.
     assert not any(r["hooks_lost"].values()), r["hooks_lost"]
+    if suite == "bullseye":
+        assert r["hooks_lost"] and all(v is None for v in r["hooks_lost"].values()), r["hooks_lost"]
     # The six bytes: counters moved on every path of lab/bytes_paths.py.
     moved = {c["quantity"] for c in r["checks"] if c["op"] == "bytes" and c["mountstats"]}
     assert len(moved) == 6, moved
@@ -157,7 +200,7 @@ def test_old_method_loses_events_and_says_so(suite: str, lab_runs: dict[tuple[st
     assert not bad, bad
 
 
-@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("suite", CHAIN)
 def test_command_line(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
     res = lab_runs[(suite, False)]
     c = _load(OUT / suite / "cli.json")
@@ -167,7 +210,7 @@ def test_command_line(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None
     assert res.rc in (0, 3), f"rc {res.rc}: {res.error}; see {res.console_log}"
 
 
-@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("suite", CHAIN)
 def test_client_picture(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
     """Processes, cgroups, files, errors, timeouts, LRU and stale series (lab.check_client)."""
     r = _load(OUT / suite / "client.json")
@@ -178,7 +221,7 @@ def test_client_picture(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> No
         assert what in names, f"scenario missing: {what}"
 
 
-@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("suite", CHAIN)
 def test_operator_views(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
     """Prometheus scraping bpfnfs vs mountstats, the dashboard's queries, promtool, compat
     series, `bpfnfs trace` on slow ops (netem), `bpfnfs top` in tmux (lab.check_views)."""

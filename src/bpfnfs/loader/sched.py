@@ -6,9 +6,8 @@ that CPU meanwhile is skipped (and counted in its recursion_misses). On a preemp
 kernel the syscall can be preempted right there, and the counter then stays raised for
 the whole time slice of whatever runs instead: measured in the lab on 7.3, an agent
 reading its maps every 0.2 s cost its own kprobes hundreds of events per workload. So
-while the kprobe counting method runs on such a kernel, each map syscall is made under
-SCHED_FIFO: no normal task preempts the thread, and the counter is raised for the
-syscall itself only.
+on such a kernel each map syscall is made under SCHED_FIFO: no normal task preempts
+the thread, and the counter is raised for the syscall itself only.
 """
 
 from __future__ import annotations

@@ -271,9 +271,11 @@ class Loader:
         )
         self.log(self.plan.describe())
         self.log(self.counting.describe())
-        # The agent's own map syscalls must not hold bpf_prog_active while preempted (loader/sched.py).
+        # The agent's own map syscalls must not hold bpf_prog_active while preempted (loader/sched.py):
+        # on a preemptible kernel, for every agent of this process (the kprobe method's programs and
+        # the mount probe all depend on it). Process-wide: never turned off by a later agent.
         MAP_SYSCALLS.log = self.log
-        MAP_SYSCALLS.enabled = self.counting.method == "kprobe" and self.preemption.preemptible
+        MAP_SYSCALLS.enabled = MAP_SYSCALLS.enabled or self.preemption.preemptible
         progs = self._usable(self.plan.programs, self.plan.tier)
         self._first_programs = progs
         obj = self._load(progs, self.plan.offsets, self.plan.tier)

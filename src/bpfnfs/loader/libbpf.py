@@ -148,19 +148,23 @@ class Libbpf:
         self.pending: BaseException | None = None
         self.debug = False
         self._lock = threading.Lock()
+        self._buf = ctypes.create_string_buffer(1 << 18)
         self._print_cb = PRINT_FN(self._on_print)  # keep a reference: libbpf holds the pointer
         self.lib.libbpf_set_print(self._print_cb)
 
     def _on_print(self, level: int, fmt: bytes, args: int) -> int:
+        # libbpf sends thousands of debug lines per load (every CO-RE relocation):
+        # unless asked for, they are dropped before any formatting (it cost a fresh
+        # 256 KiB buffer each, a third of the load time under TCG).
+        if level > LIBBPF_INFO and not self.debug:
+            return 0
         # One call only: a va_list cannot be walked twice. Verifier logs arrive
-        # as a single message, hence the large buffer.
+        # as a single message, hence the large buffer, allocated once.
         try:
-            buf = ctypes.create_string_buffer(1 << 18)
-            self._libc.vsnprintf(buf, len(buf), fmt, args)
-            text = buf.value.decode("utf-8", "replace").rstrip("\n")
             with self._lock:
-                if level <= LIBBPF_INFO or self.debug:
-                    self.log.extend(text.splitlines())
+                self._libc.vsnprintf(self._buf, len(self._buf), fmt, args)
+                text = self._buf.value.decode("utf-8", "replace").rstrip("\n")
+                self.log.extend(text.splitlines())
         except BaseException as e:
             # A signal handler (SIGTERM, Ctrl-C) that ran inside this callback: ctypes
             # drops exceptions raised here, so keep it for raise_pending().

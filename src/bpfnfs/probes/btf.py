@@ -20,35 +20,39 @@ class _BtfType(ctypes.Structure):
 
 
 def function_arity(
-    module: str, names: list[str], lib: Libbpf | None = None, tracepoints: list[str] | None = None
-) -> dict[str, int | None]:
-    """name -> argument count in `module`'s BTF (None: absent, or no BTF at all).
+    queries: dict[str, tuple[list[str], list[str]]], lib: Libbpf | None = None
+) -> dict[str, dict[str, int | None]]:
+    """module -> {name: argument count in that module's BTF (None: absent, or no BTF)}.
 
-    tracepoints: also the argument count of these tracepoints (their btf_trace_<name>
-    typedef, without the leading data pointer), keyed "tp:<name>"."""
+    queries: module -> (function names, tracepoint names); a tracepoint's count is that
+    of its btf_trace_<name> typedef without the leading data pointer, keyed "tp:<name>".
+    vmlinux's BTF is parsed once for all modules (it is the base of each)."""
     L = (lib or libbpf()).lib
-    out: dict[str, int | None] = dict.fromkeys(names)
+    out: dict[str, dict[str, int | None]] = {
+        m: dict.fromkeys([*names, *(f"tp:{t}" for t in tps)]) for m, (names, tps) in queries.items()
+    }
     vmlinux = L.btf__load_vmlinux_btf()
     if not vmlinux:
         return out
     try:
-        mod = L.btf__load_module_btf(module.encode(), vmlinux) if module != "vmlinux" else None
-        btf = mod or (vmlinux if module == "vmlinux" else None)
-        if not btf:
-            return out
-        try:
-            for name in names:
-                tid = L.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC)
-                if tid <= 0:
-                    continue
-                fn = _BtfType.from_address(L.btf__type_by_id(btf, tid))
-                proto = _BtfType.from_address(L.btf__type_by_id(btf, fn.type))
-                out[name] = proto.info & 0xFFFF
-            for tp in tracepoints or ():
-                out[f"tp:{tp}"] = _tracepoint_nargs(L, btf, tp)
-        finally:
-            if mod:
-                L.btf__free(mod)
+        for module, (names, tps) in queries.items():
+            mod = L.btf__load_module_btf(module.encode(), vmlinux) if module != "vmlinux" else None
+            btf = mod or (vmlinux if module == "vmlinux" else None)
+            if not btf:
+                continue
+            try:
+                for name in names:
+                    tid = L.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC)
+                    if tid <= 0:
+                        continue
+                    fn = _BtfType.from_address(L.btf__type_by_id(btf, tid))
+                    proto = _BtfType.from_address(L.btf__type_by_id(btf, fn.type))
+                    out[module][name] = proto.info & 0xFFFF
+                for tp in tps:
+                    out[module][f"tp:{tp}"] = _tracepoint_nargs(L, btf, tp)
+            finally:
+                if mod:
+                    L.btf__free(mod)
     finally:
         L.btf__free(vmlinux)
     return out

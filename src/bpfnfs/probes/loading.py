@@ -169,8 +169,9 @@ class Loader:
             tp = _btf_tracepoint(p)
             if tp is not None:
                 by_mod.setdefault(tp[1], (set(), set()))[1].add(tp[0])
+        arities = btf.function_arity({m: (sorted(f), sorted(t)) for m, (f, t) in by_mod.items()})
         for mod, (funcs, tps) in by_mod.items():
-            arity = btf.function_arity(mod, sorted(funcs), tracepoints=sorted(tps))
+            arity = arities[mod]
             for p in list(keep):
                 fn = hooks.vfs_function(p) if p.startswith(("fe_", "fx_")) else None
                 tp = _btf_tracepoint(p)

@@ -32,6 +32,9 @@ SOCKET = "bpfnfs-lab"  # a tmux server of our own: nothing else's sessions are t
 ENV = {**os.environ, "LANG": "C.UTF-8"}
 ATTACH_TIMEOUT = 90.0  # attaching takes up to 15 s under TCG, the first interval more
 KEY_TIMEOUT = 20.0
+# A row that needs the workload busy in the last interval: one dd cycle (write 10 MiB, fsync,
+# drop caches, read it back) takes up to 30 s under TCG, its writes under a second of it.
+ACTIVITY_TIMEOUT = 75.0
 FILE = "/mnt/nfs3/top-file"
 # Title line of a mount in every view: "/mnt/nfs3  server:/export  nfs v3  dev 0:52".
 TITLE = re.compile(r"^(/\S*)  \S*:\S*  nfs v")
@@ -109,7 +112,7 @@ def top_command(out: Path) -> tuple[str, bool]:
 def start_workload(stop: Path) -> subprocess.Popen[bytes]:
     """dd writing then (caches dropped) reading the file, over and over until `stop` exists."""
     script = f"""
-end=$(( $(date +%s) + 240 ))
+end=$(( $(date +%s) + 400 ))  # a cap only: stop_workload() ends it
 while [ ! -e {shlex.quote(str(stop))} ] && [ "$(date +%s)" -lt "$end" ]; do
     dd if=/dev/zero of={FILE} bs=64k count=160 conv=fsync status=none
     echo 3 > /proc/sys/vm/drop_caches
@@ -176,7 +179,7 @@ def check_top(c: Checks, out: Path) -> None:
         ok, text = shots.wait(
             "processes",
             lambda t: "view processes" in header(t) and bool(re.search(r"^dd \[\d+\]", t, re.M)),
-            KEY_TIMEOUT,
+            ACTIVITY_TIMEOUT,
         )
         c.add("p: processes view has a dd row", ok, text[-1500:])
         c.add("p: sort stays bytes", "sort bytes" in header(text), header(text))
@@ -184,7 +187,7 @@ def check_top(c: Checks, out: Path) -> None:
         ok, text = shots.wait(
             "ops",
             lambda t: "view ops" in header(t) and bool(rows_named(t, "/mnt/nfs3", "write")),
-            KEY_TIMEOUT,
+            ACTIVITY_TIMEOUT,
         )
         c.add("o: ops view has a write row for /mnt/nfs3", ok, text[-1500:])
         stop_workload(work, stop)

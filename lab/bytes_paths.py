@@ -83,17 +83,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bpfnfs.enrich.mountstats import NfsMountStats, parse_mountstats
+from bpfnfs.enrich.mountstats import BYTES_NAMES, NfsMountStats, parse_mountstats
 
 MOUNTS = ("/mnt/nfs3", "/mnt/nfs4")
-COUNTERS = (
-    "normalreadbytes",
-    "normalwritebytes",
-    "directreadbytes",
-    "directwritebytes",
-    "serverreadbytes",
-    "serverwritebytes",
-)
+COUNTERS = BYTES_NAMES[:6]  # the six byte counters; readpages and writepages count pages
 KIB = 1024
 MIB = 1024 * KIB
 TREE_FILES = 48

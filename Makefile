@@ -1,5 +1,6 @@
 # Stable entry points (other tooling calls these names):
 #   make setup   install apt + pip dependencies, build the BPF object, install bpfnfs into .venv
+#                and, as root, link it as /usr/local/bin/bpfnfs (sudo bpfnfs from any directory)
 #   make demo    boot the bookworm lab VM with real NFS and a workload, show bpfnfs's live table
 #   make test    unit tests + lab tests on bullseye (5.10), bookworm (6.1), trixie (6.12),
 #                trixie-backports (Debian's newest, 7.x, preemptible) and trixie-preempt (6.12, preempt=full)
@@ -10,6 +11,7 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
+BINDIR ?= /usr/local/bin
 SUITES ?= bullseye bookworm trixie trixie-backports trixie-preempt
 BENCH_SUITES ?= bookworm
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3 python3-venv python3-pip \
@@ -19,9 +21,10 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3 python3-venv pytho
 # BCC's nfsslower and nfsdist: the incumbents the bench compares against (and its smoke run in make test).
 BENCH_PACKAGES := bpfcc-tools python3-bpfcc
 
-.PHONY: setup deps bpf venv demo test unit lab lint bench clean
+.PHONY: setup deps bpf venv link demo test unit lab lint bench clean
 
 setup: deps bpf venv
+	@$(MAKE) --no-print-directory link
 
 # Idempotent: apt runs only when a package is missing.
 deps:
@@ -39,8 +42,24 @@ bpf:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-venv: $(PY)
+# The install reruns only when the project's metadata changes (the stamp lives in the venv).
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py | $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# bpfnfs on root's PATH from any directory: a symlink to the venv's script (whose shebang is the venv's python).
+# Idempotent; a non-root run only says what to do; a file there that is not a symlink is left alone.
+link:
+	@target="$(abspath $(VENV))/bin/bpfnfs"; link="$(BINDIR)/bpfnfs"; \
+	if [ "$$(readlink "$$link")" = "$$target" ]; then :; \
+	elif [ ! -x "$$target" ]; then echo "bpfnfs: $$target is missing: run make setup" >&2; exit 1; \
+	elif [ "$$(id -u)" != 0 ] || [ ! -d "$(BINDIR)" ]; then \
+		echo "bpfnfs: installed as $$target; to run it as sudo bpfnfs: sudo ln -sfn $$target $$link"; \
+	elif [ -e "$$link" ] && [ ! -L "$$link" ]; then \
+		echo "bpfnfs: $$link exists and is not a symlink, left alone; run $$target"; \
+	else ln -sfn "$$target" "$$link" && echo "bpfnfs: linked $$link -> $$target"; fi
 
 demo: setup
 	$(PY) -m lab.demo

@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{mp} is not mounted")
             return 1
     t0 = time.monotonic()
-    agent = Agent(Config(tier=ns.tier), log=lambda m: log(f"bpfnfs: {m}"))
+    agent = Agent(Config(collection={"tier": ns.tier}), log=lambda m: log(f"bpfnfs: {m}"))
     agent.preflight()
     if not agent.try_attach():
         log("bpfnfs did not attach")
@@ -342,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     old: Agent | None = None
     if preemptible and agent.counting.method != "fentry" and agent.tier == "btf":
         # The old method in the same window, to show what it loses and that it says so.
-        old = Agent(Config(tier=ns.tier, counting="fentry"), log=lambda m: log(f"bpfnfs (old method): {m}"))
+        old = Agent(
+            Config(collection={"tier": ns.tier, "counting": "fentry"}),
+            log=lambda m: log(f"bpfnfs (old method): {m}"),
+        )
         old.preflight()
         old.try_attach()
         agents.append(old)

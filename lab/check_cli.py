@@ -113,11 +113,11 @@ def mounted(c: Checks, out: Path) -> None:
     )
     # Filters: invalid values exit 2 naming the flag; valid ones narrow the view.
     for args, word in (
-        (["--pid", "999999"], "--pid 999999: no such process"),
-        (["--comm", "x" * 20], "comm must be"),
-        (["--cgroup", "/no/such/cgroup"], "--cgroup /no/such/cgroup"),
-        (["--mount", "relative"], "mount must be"),
-        (["--server", "bad host!"], "server must be"),
+        (["--pid", "999999"], "filter.pid 999999: no such process"),
+        (["--comm", "x" * 20], "filter.comm (--comm)"),
+        (["--cgroup", "/no/such/cgroup"], "filter.cgroup /no/such/cgroup"),
+        (["--mount", "relative"], "filter.mount (--mount)"),
+        (["--server", "bad host!"], "filter.server (--server)"),
         (["--by", "pod"], "--by"),
     ):
         r = subprocess.run([*BPFNFS, *args, "--count", "1"], capture_output=True, text=True, timeout=120)

@@ -326,8 +326,10 @@ def lru(c: Checks, n: int, tier: str) -> None:
     for i in range(n):
         os.close(os.open(d / f"f{i:06d}", os.O_CREAT | os.O_WRONLY, 0o644))
     log(f"created {n} files on the server in {time.monotonic() - t0:.1f} s")
-    big = Agent(Config(tier=tier, max_files=max(131072, n + 16384)), log=lambda m: log(f"agent(big): {m}"))
-    small = Agent(Config(tier=tier, max_files=n // 2), log=lambda m: log(f"agent(small): {m}"))
+    big_cfg = Config(collection={"tier": tier, "max_files": max(131072, n + 16384)})
+    big = Agent(big_cfg, log=lambda m: log(f"agent(big): {m}"))
+    small_cfg = Config(collection={"tier": tier, "max_files": n // 2})
+    small = Agent(small_cfg, log=lambda m: log(f"agent(small): {m}"))
     for a in (big, small):
         a.preflight()
         a.try_attach()
@@ -425,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     ns.out.mkdir(parents=True, exist_ok=True)
     c = Checks()
-    agent = Agent(Config(tier=ns.tier, by="process"), log=lambda m: log(f"bpfnfs: {m}"))
+    cfg = Config(collection={"tier": ns.tier}, view={"by": "process"})
+    agent = Agent(cfg, log=lambda m: log(f"bpfnfs: {m}"))
     agent.preflight()
     if not agent.try_attach():
         log("bpfnfs did not attach")

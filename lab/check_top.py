@@ -101,7 +101,7 @@ def top_command(out: Path) -> tuple[str, bool]:
     else:
         code = (
             "from bpfnfs.cli.top import run_top; from bpfnfs.config import Config; "
-            "raise SystemExit(run_top(Config(interval=1)))"
+            "raise SystemExit(run_top(Config(collection={'interval': 1})))"
         )
         cmd = f"{py} -c {shlex.quote(code)}"
     # Its exit status and stderr (the agent's messages, replayed on exit) go to files.

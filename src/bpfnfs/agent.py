@@ -16,10 +16,12 @@ from bpfnfs.collect.snapshot import FileKey, read_snapshot
 from bpfnfs.collect.views import Report, build_report
 from bpfnfs.config import Config, ConfigError
 from bpfnfs.enrich import cgroups
+from bpfnfs.enrich.dns import DnsCache, with_dns
 from bpfnfs.enrich.mounts import MountRegistry, client_transports
 from bpfnfs.loader.libbpf import libbpf
 from bpfnfs.loader.object import BpfObject, LoadError, kprobe_misses
 from bpfnfs.probes import system, tiers
+from bpfnfs.probes.btf import BtfSource
 from bpfnfs.probes.loading import Counting, Loader
 from bpfnfs.ringbuf import RingBuffer
 
@@ -32,17 +34,18 @@ def stderr_log(msg: str) -> None:
 
 
 class Agent:
-    def __init__(self, cfg: Config, log: Callable[[str], None] = stderr_log) -> None:
+    def __init__(self, cfg: Config, log: Callable[[str], None] = stderr_log, events: bool = False) -> None:
         self.cfg = cfg
         self.log = log
         self.tracefs: Path | None = None
-        self.loader = Loader(cfg, log)
-        self.mounts = MountRegistry(None, proc=cfg.proc, log=log)
+        btf_source = BtfSource(kernel=cfg.btf.kernel, module_dir=cfg.btf.model_dir)
+        self.loader = Loader(cfg, log, events, btf_source=btf_source)
+        self.mounts = MountRegistry(None, proc=cfg.collection.proc, log=log)
         self.paths: dict[FileKey, tuple[str, bool]] = {}  # (path below the superblock root, truncated)
         self.events: deque[tuple[object, ...]] = deque(maxlen=MAX_EVENTS)
         self.events_overflow = 0
         self.ring: RingBuffer | None = None
-        self.cgroup_root = cgroups.cgroup2_root(cfg.proc)
+        self.cgroup_root = cgroups.cgroup2_root(cfg.collection.proc)
         self.cgroups = cgroups.CgroupResolver(self.cgroup_root)
         self._cgroup_filter: Path | None = None
         self._filter_ids: set[int] = set()
@@ -52,6 +55,8 @@ class Agent:
         self._ring_lock = threading.Lock()
         self._stop = threading.Event()
         self._drainer: threading.Thread | None = None
+        self.dns: DnsCache | None = None  # features.dns: names and addresses for the mount labels
+        self._configure_dns(cfg)
 
     @property
     def obj(self) -> BpfObject | None:
@@ -60,14 +65,15 @@ class Agent:
     def preflight(self) -> None:
         """Everything that must hold before loading; raises RequirementError, LibbpfError or ConfigError."""
         system.check_privileges()
-        system.check_vmlinux_btf()
+        system.check_vmlinux_btf(self.loader.btf_source)
         self.tracefs = self.loader.tracefs = system.check_tracefs()
         libbpf()  # loads the library and checks its version
-        if self.cfg.filter_pid is not None and not Path(f"{self.cfg.proc}/{self.cfg.filter_pid}").exists():
-            raise ConfigError(f"--pid {self.cfg.filter_pid}: no such process")
-        if self.cfg.filter_cgroup is not None:
+        pid = self.cfg.filter.pid
+        if pid is not None and not Path(f"{self.cfg.collection.proc}/{pid}").exists():
+            raise ConfigError(f"filter.pid {pid}: no such process")
+        if self.cfg.filter.cgroup is not None:
             try:
-                self._cgroup_filter = cgroups.resolve_filter(self.cfg.filter_cgroup, self.cgroup_root)
+                self._cgroup_filter = cgroups.resolve_filter(self.cfg.filter.cgroup, self.cgroup_root)
             except cgroups.CgroupError as e:
                 raise ConfigError(str(e)) from None
 
@@ -107,8 +113,44 @@ class Agent:
             self._update_cgroup_filter()
         return True
 
+    def _configure_dns(self, cfg: Config) -> None:
+        d = cfg.dns
+        if not cfg.features.dns:
+            if self.dns is not None:
+                self.dns.close()
+                self.dns = None
+        elif self.dns is None:
+            self.dns = DnsCache(ttl=d.ttl, negative_ttl=d.negative_ttl, timeout=d.timeout)
+        else:
+            self.dns.configure(ttl=d.ttl, negative_ttl=d.negative_ttl, timeout=d.timeout)
+
+    def reconfigure(self, cfg: Config) -> None:
+        """SIGHUP: new filters and per-pid keying, applied in the kernel without
+        re-attaching (the caller has kept the keys that need a restart). Raises
+        ConfigError, before changing anything, for a pid or cgroup that does not exist."""
+        new_filter: Path | None = None
+        if cfg.filter.pid is not None and not Path(f"{cfg.collection.proc}/{cfg.filter.pid}").exists():
+            raise ConfigError(f"filter.pid {cfg.filter.pid}: no such process")
+        if cfg.filter.cgroup is not None:
+            try:
+                new_filter = cgroups.resolve_filter(cfg.filter.cgroup, self.cgroup_root)
+            except cgroups.CgroupError as e:
+                raise ConfigError(str(e)) from None
+        self.cfg = cfg
+        self.loader.cfg = cfg
+        self._cgroup_filter = new_filter
+        self._update_cgroup_filter()
+        self.loader.set_live(cfg.collection.per_pid, cfg.filter.pid, cfg.filter.comm, new_filter is not None)
+        self._configure_dns(cfg)
+
     def _update_cgroup_filter(self) -> None:
-        if self._cgroup_filter is None or not self.objs:
+        if not self.objs:
+            return
+        if self._cgroup_filter is None:
+            m = self.objs[0].maps["cgroup_filter"]
+            for gone in self._filter_ids:
+                m.delete(R.U64.pack(gone))
+            self._filter_ids = set()
             return
         ids = cgroups.subtree_ids(self._cgroup_filter)
         m = self.objs[0].maps["cgroup_filter"]
@@ -208,13 +250,14 @@ class Agent:
             paths = dict(self.paths)
         # Without parent pointers from the kernel (tier tracefs), debugfs gives the transports.
         need_xprts = any(not c.parent_known for c in snap.clients.values())
-        return build_report(
+        rep = build_report(
             snap,
             self.mounts.nfs_list(),
             client_transports() if need_xprts else None,
             paths=paths,
             probe_failures=self.probe_failures,
         )
+        return with_dns(rep, self.dns)  # answers from the cache only; never waits for DNS
 
     def skipped_events(self) -> int | None:
         """Events the kernel skipped before any bpfnfs program saw them (collect/losses.py);
@@ -239,6 +282,8 @@ class Agent:
         return self.loader.tier
 
     def close(self) -> None:
+        if self.dns is not None:
+            self.dns.close()
         self._stop.set()
         if self._drainer is not None:
             self._drainer.join(2 * DRAIN_PERIOD)

@@ -8,8 +8,9 @@ and metadata workload and every path that moves the bytes: counters, on an
 NFSv3 and an NFSv4.2 mount; on the preemptible kernels from three workers at
 once, next to the old counting method, which must lose events and report
 them), lab.check_cli (the command as a person runs it), lab.check_views and
-lab.check_client. Three more VMs (bookworm, and the two preemptible kernels)
-boot without NFS to check that bpfnfs waits and attaches when the modules
+lab.check_client; on 5.10, 6.1 and 6.12 also lab.check_config (the configuration
+file, SIGHUP, DNS) and on 6.1 lab.check_btf (BTF from files). Three more VMs (bookworm,
+and the two preemptible kernels) boot without NFS to check that bpfnfs waits and attaches when the modules
 load. lab.check_client checks the client picture: per-process and per-cgroup
 syscall counts, writeback billed to the dirtying cgroup, per-file top-N, errno
 per layer, soft mount timeouts, the file LRU (100,000 files on
@@ -62,6 +63,10 @@ LATE = ("bookworm", "trixie-backports", "trixie-preempt")
 # and its reader are the same, and stat()ing 100,000 files takes 230 s under TCG
 # (`make bench`'s scale section runs 100,000 files in 1,000 cgroups over 50 mounts).
 LRU_FULL = {"trixie-backports"}
+# The configuration file (lab.check_config: the original tool's config.yaml, file = flags,
+# SIGHUP, DNS) and BTF from files (lab.check_btf) on one kernel per tier and release line.
+CONFIG_SUITES = ("bullseye", "bookworm", "trixie")
+BTF_SUITES = ("bookworm",)  # module BTF there, so hiding it changes the tier
 
 
 def _guest_cmd(suite: str, out: Path, late: bool) -> str:
@@ -69,11 +74,17 @@ def _guest_cmd(suite: str, out: Path, late: bool) -> str:
         return f"{VENV_PY} -m lab.check_cli --late --out {out}"
     files = 100_000 if suite in LRU_FULL else 20_000
     # Each check writes its own JSON; run them all even if one fails, report the first failure's rc.
+    config = ""
+    if suite in CONFIG_SUITES:
+        config += f"{VENV_PY} -m lab.check_config --out {out} || rc=${{rc:-$?}}; "
+    if suite in BTF_SUITES:  # last: it hides /sys/kernel/btf under a tmpfs
+        config += f"{VENV_PY} -m lab.check_btf --skip-btf-tier --out {out} || rc=${{rc:-$?}}; "
     return (
         f'rc=""; {VENV_PY} -m lab.check --out {out} || rc=$?; '
         f"{VENV_PY} -m lab.check_client --out {out} --files {files} || rc=${{rc:-$?}}; "
         f"{VENV_PY} -m lab.check_cli --out {out} || rc=${{rc:-$?}}; "
-        f"{VENV_PY} -m lab.check_views --out {out} || rc=${{rc:-$?}}; exit ${{rc:-0}}"
+        f"{VENV_PY} -m lab.check_views --out {out} || rc=${{rc:-$?}}; "
+        f"{config}exit ${{rc:-0}}"
     )
 
 
@@ -235,6 +246,33 @@ def test_operator_views(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> No
         "top",
     ):
         assert what in names, f"scenario missing: {what}"
+
+
+@pytest.mark.parametrize("suite", CONFIG_SUITES)
+def test_configuration_file(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
+    """The original's config.yaml runs; a file behaves as the same flags; SIGHUP changes the
+    filter with the same program ids; DNS labels, and a resolver that never answers delays no
+    interval (lab.check_config)."""
+    if (suite, False) not in lab_runs:
+        pytest.skip(f"{suite} not in LAB_SUITES")
+    r = _load(OUT / suite / "config.json")
+    bad = [x for x in r["checks"] if not x["ok"]]
+    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}"
+    names = " ".join(x["check"] for x in r["checks"])
+    for what in ("original config", "same configuration", "SIGHUP: same BPF program ids", "silent resolver"):
+        assert what in names, f"scenario missing: {what}"
+
+
+@pytest.mark.parametrize("suite", BTF_SUITES)
+def test_custom_btf(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
+    """The kernel's BTF hidden: without btf.kernel bpfnfs exits 2 naming it and how to get one;
+    with btf.kernel and btf.model_dir it runs, says which tier and why, and counts exactly
+    (lab.check_btf)."""
+    if (suite, False) not in lab_runs:
+        pytest.skip(f"{suite} not in LAB_SUITES")
+    r = _load(OUT / suite / "btf.json")
+    bad = [x for x in r["checks"] if not x["ok"]]
+    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}"
 
 
 @pytest.mark.parametrize("suite", LATE)

@@ -3,9 +3,10 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bpfnfs.cli.main import parse_config
-from bpfnfs.config import Config, ConfigError
+from bpfnfs.config import Config
 from bpfnfs.probes.system import RequirementError, check_privileges, check_vmlinux_btf, effective_caps
 
 
@@ -41,15 +42,15 @@ def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -
 
 def test_run_alias_and_defaults() -> None:
     cfg = parse_config(["run", "--json", "-i", "0.5", "-c", "3"])
-    assert cfg == Config(interval=0.5, count=3, json=True)
+    assert cfg == Config(collection={"interval": 0.5}, view={"count": 3, "format": "json"})
     assert parse_config([]) == Config()
 
 
 def test_config_validates() -> None:
-    with pytest.raises(ConfigError, match="interval"):
-        Config(interval=0.001)
-    with pytest.raises(ConfigError, match="tier"):
-        Config(tier="kprobe")
+    with pytest.raises(ValidationError, match="interval"):
+        Config(collection={"interval": 0.001})
+    with pytest.raises(ValidationError, match="tier"):
+        Config(collection={"tier": "kprobe"})
 
 
 def test_privileges_message() -> None:
@@ -69,11 +70,11 @@ def test_filters_parse() -> None:
     cfg = parse_config(
         ["--by", "cgroup", "--pid", "42", "--comm", "fio", "--mount", "/mnt/a/", "--server", "nas1"]
     )
-    assert (cfg.by, cfg.filter_pid, cfg.filter_comm, cfg.filter_mount, cfg.filter_server) == (
+    assert (cfg.view.by, cfg.filter.pid, cfg.filter.comm, cfg.filter.mount, cfg.filter.server) == (
         "cgroup",
         42,
         "fio",
         "/mnt/a",
         "nas1",
     )
-    assert parse_config(["--server", "fd00::1"]).filter_server == "fd00::1"
+    assert parse_config(["--server", "fd00::1"]).filter.server == "fd00::1"

@@ -164,7 +164,7 @@ def test_rpc_io_vfs_errors_and_self_series() -> None:
 
 def test_identities_budget_fold_and_retire() -> None:
     paths = {11: "/pod-a", 22: "/pod-b", 33: "/pod-c"}
-    c = BpfnfsCollector(Config(metrics_max_identities=2), paths.get)
+    c = BpfnfsCollector(Config(metrics={"max_identities": 2}), paths.get)
     c.update(_report(_snap(1, (11, 22))), _status())
     _t, v = _scrape(c)
     a = {**MOUNT, "comm": "app0", "cgroup": "/pod-a"}
@@ -187,7 +187,7 @@ def test_identities_budget_fold_and_retire() -> None:
 
 
 def test_top_files_and_removed_mount() -> None:
-    c = BpfnfsCollector(Config(metrics_top_files=1), {}.get)
+    c = BpfnfsCollector(Config(metrics={"top_files": 1}), {}.get)
     c.update(_report(_snap(1)), _status())
     c.update(_report(_snap(2)), _status())
     _t, v = _scrape(c)
@@ -284,7 +284,7 @@ def test_scrapes_during_churn_never_fail() -> None:
     import threading
 
     paths: dict[int, str] = {}
-    c = BpfnfsCollector(Config(metrics_max_identities=3, metrics_top_files=2), paths.get)
+    c = BpfnfsCollector(Config(metrics={"max_identities": 3, "top_files": 2}), paths.get)
     reg = CollectorRegistry(auto_describe=False)
     reg.register(c)
     srv = MetricsServer("127.0.0.1", 0, reg, lambda: (True, "ready"))
@@ -316,3 +316,20 @@ def test_scrapes_during_churn_never_fail() -> None:
         stop.set()
         t.join(5)
         srv.close()
+
+
+def test_nfs_metrics_off_keeps_only_the_agent_families() -> None:
+    """features.nfs_metrics: false (and back on at SIGHUP, through Exporter.reconfigure)."""
+    c = BpfnfsCollector(Config(features={"nfs_metrics": False}), {}.get)
+    st = _status()
+    st.config_reloads, st.config_reload_failures = 2, 1
+    c.update(_report(_snap()), st)
+    text, v = _scrape(c)
+    assert "bpfnfs_rpc_operations_total" not in text and "bpfnfs_process_" not in text
+    assert "bpfnfs_file_" not in text and "bpfnfs_mount_info" not in text
+    assert _get(v, "bpfnfs_config_reload_failures_total") == 1
+    assert _get(v, "bpfnfs_config_reloads_total") == 2
+    c.cfg = Config()
+    c.update(_report(_snap()), st)
+    _text, v = _scrape(c)
+    assert _get(v, "bpfnfs_rpc_operations_total", **{**MOUNT, "op": "READ"}) == 10

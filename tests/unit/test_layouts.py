@@ -11,6 +11,7 @@ def test_map_layouts_match_object() -> None:
     with BpfObject(object_bytes()).open() as obj:
         check_layouts(obj.maps)
         assert obj.rodata().value_size == R.CONFIG.size
+        assert obj.global_map(".data").value_size == R.LIVE.size  # the live settings, alone in .data
         assert obj.maps["events"].type == 27  # one ring buffer for per-op records
 
 
@@ -27,11 +28,10 @@ def test_record_sizes() -> None:
     assert R.RPC_VAL.size == 840
     assert R.OP_EVENT.size == 128
     assert R.PATH_EVENT.size == 512
-    assert R.CONFIG.size == 128
-    packed = R.pack_config(
-        1234, R.CFG_F_EVENTS, 10**7, 0o40000, {"sl_rtt": 40, "x4_error": 24}, filter_tgid=7, filter_comm="fio"
-    )
+    assert R.CONFIG.size == 104
+    assert R.LIVE.size == 24
+    packed = R.pack_config(1234, R.CFG_F_EVENTS, 10**7, 0o40000, {"sl_rtt": 40, "x4_error": 24})
     vals = R.CONFIG.unpack(packed)
-    assert vals[:6] == (1234, R.CFG_F_EVENTS, 10**7, 0o40000, 7, b"fio" + b"\0" * 13)
-    assert vals[6 + R.TP_OFFSET_FIELDS.index("sl_rtt")] == 40
-    assert vals[6 + R.TP_OFFSET_FIELDS.index("x4_error")] == 24
+    assert vals[:4] == (1234, R.CFG_F_EVENTS, 10**7, 0o40000)
+    assert vals[4 + R.TP_OFFSET_FIELDS.index("sl_rtt")] == 40
+    assert vals[4 + R.TP_OFFSET_FIELDS.index("x4_error")] == 24

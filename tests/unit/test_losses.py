@@ -121,7 +121,7 @@ def test_counting_follows_the_preemption_model() -> None:
     full, vol = Preemption("lazy", "debugfs"), Preemption("voluntary", "debugfs")
     assert choose_counting(Config(), "btf", full).method == "kprobe"
     assert choose_counting(Config(), "btf", vol).method == "fentry"
-    assert choose_counting(Config(counting="fentry"), "btf", full).method == "fentry"
-    assert choose_counting(Config(counting="kprobe"), "btf", vol).method == "kprobe"
-    assert choose_counting(Config(counting="fentry"), "tracefs", vol).method == "kprobe"
+    assert choose_counting(Config(collection={"counting": "fentry"}), "btf", full).method == "fentry"
+    assert choose_counting(Config(collection={"counting": "kprobe"}), "btf", vol).method == "kprobe"
+    assert choose_counting(Config(collection={"counting": "fentry"}), "tracefs", vol).method == "kprobe"
     assert "full (lazy)" in choose_counting(Config(), "btf", full).describe()

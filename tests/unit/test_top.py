@@ -269,9 +269,10 @@ def test_screen_keeps_header_and_footer_when_the_body_overflows() -> None:
 
 def test_mount_filters() -> None:
     _prev, cur = _reports()
-    assert [m.mount_point for m in T.select_mounts(Config(filter_mount="/mnt/b"), cur.mounts)] == ["/mnt/b"]
-    assert T.select_mounts(Config(filter_server="other"), cur.mounts) == []
-    assert len(T.select_mounts(Config(filter_server="10.0.0.1"), cur.mounts)) == 2
+    got = T.select_mounts(Config(filter={"mount": "/mnt/b"}), cur.mounts)
+    assert [m.mount_point for m in got] == ["/mnt/b"]
+    assert T.select_mounts(Config(filter={"server": "other"}), cur.mounts) == []
+    assert len(T.select_mounts(Config(filter={"server": "10.0.0.1"}), cur.mounts)) == 2
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -376,7 +377,7 @@ def _run_on_pty(monkeypatch: pytest.MonkeyPatch, script: Callable[[Callable[...,
         t.start()
     try:
         t0 = time.monotonic()
-        rc = T.run_top(Config(interval=0.2), factory)
+        rc = T.run_top(Config(collection={"interval": 0.2}), factory)
         seconds = time.monotonic() - t0
         restored = termios.tcgetattr(slave) == before
     finally:
@@ -402,7 +403,7 @@ def test_loop_on_a_pty(monkeypatch: pytest.MonkeyPatch) -> None:
     assert r.rc == 0
     assert r.attrs_restored  # cbreak mode undone
     assert r.agent.closed and r.agent.collects >= 2  # "waiting", then a report
-    assert r.agent.cfg.by == "process"  # per-process keys whatever the start view
+    assert r.agent.cfg.collection.per_pid  # per-process keys whatever the start view
     assert r.screen.endswith(b"\x1b[?1049l")  # back from the alternate screen
 
 

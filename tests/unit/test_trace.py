@@ -37,7 +37,7 @@ def _tracer(cfg: Config) -> Tracer:
 
 
 def test_vfs_event_line_and_json() -> None:
-    t = _tracer(Config(slow_ms=10))
+    t = _tracer(Config(trace={"min_latency": 10}))
     op = t.decode(_event(R.OP_VFS, R.VFS_OPS.index("read")), _mounts(), 0)
     assert op is not None
     assert (op.op, op.file, op.mount, op.bytes, op.errno) == ("read", "/mnt/a/dir/f", "/mnt/a", 4096, None)
@@ -49,11 +49,14 @@ def test_vfs_event_line_and_json() -> None:
 
 
 def test_errno_and_filters() -> None:
-    t = _tracer(Config(slow_ms=10))
+    t = _tracer(Config(trace={"min_latency": 10}))
     op = t.decode(_event(R.OP_VFS, R.VFS_OPS.index("open"), status=-2), _mounts(), 0)
     assert op is not None and op.errno == "ENOENT"
     assert (
-        _tracer(Config(slow_ms=10, filter_mount="/mnt/b")).decode(_event(R.OP_VFS, 0), _mounts(), 0) is None
+        _tracer(Config(trace={"min_latency": 10}, filter={"mount": "/mnt/b"})).decode(
+            _event(R.OP_VFS, 0), _mounts(), 0
+        )
+        is None
     )
     # RPC records only with --rpc
     assert t.decode(_event(R.OP_RPC, 3), _mounts(), 0) is None
@@ -65,7 +68,7 @@ def test_errno_and_filters() -> None:
 )
 def test_min_latency_units(text: str, ms: float) -> None:
     cfg = parse_args(["trace", "--min-latency", text])[1]
-    assert cfg.slow_ms == pytest.approx(ms)
+    assert cfg.trace.min_latency == pytest.approx(ms)
 
 
 def test_bad_min_latency_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,6 +37,11 @@ char LICENSE[] SEC("license") = "GPL";
 /* The only .rodata variable: the loader writes the whole struct. */
 const volatile struct bpfnfs_config cfg = {};
 
+/* The only .data variable (explicitly there: zero-initialised, clang would put it
+ * in .bss): filters and per-pid keying, rewritten by user space at run time.
+ * volatile: read from the map on every use, never folded. */
+volatile struct bpfnfs_live live SEC(".data") = {};
+
 /* A counter update. cfg is read-only after load, so the verifier keeps one branch. */
 #define ADD(lval, v)                                                      \
 	do {                                                              \
@@ -849,7 +854,7 @@ static __always_inline bool comm_matches(void)
 
 	bpf_get_current_comm(c, sizeof(c));
 	for (i = 0; i < BPFNFS_COMM_LEN; i++) {
-		if (c[i] != cfg.filter_comm[i])
+		if (c[i] != live.filter_comm[i])
 			return false;
 		if (!c[i])
 			break;
@@ -857,14 +862,15 @@ static __always_inline bool comm_matches(void)
 	return true;
 }
 
-/* --pid / --comm / --cgroup: true when this task is not to be counted. */
+/* --pid / --comm / --cgroup: true when this task is not to be counted. Reads the
+ * live (.data) settings, so a filter changed at run time applies from the next call. */
 static __always_inline bool filtered_out(void)
 {
-	__u32 f = cfg.flags;
+	__u32 f = live.flags;
 
 	if (!(f & (CFG_F_FILTER_PID | CFG_F_FILTER_COMM | CFG_F_FILTER_CGROUP)))
 		return false;
-	if ((f & CFG_F_FILTER_PID) && (bpf_get_current_pid_tgid() >> 32) != cfg.filter_tgid)
+	if ((f & CFG_F_FILTER_PID) && (bpf_get_current_pid_tgid() >> 32) != live.filter_tgid)
 		return true;
 	if ((f & CFG_F_FILTER_COMM) && !comm_matches())
 		return true;
@@ -1205,7 +1211,7 @@ static __always_inline void vfs_exit(struct vfs_call *c, __s64 ret)
 
 	k.dev = dev;
 	k.op = op;
-	k.pid = (cfg.flags & CFG_F_VFS_PID) ? bpf_get_current_pid_tgid() >> 32 : 0;
+	k.pid = (live.flags & CFG_F_VFS_PID) ? bpf_get_current_pid_tgid() >> 32 : 0;
 	k.cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(k.comm, sizeof(k.comm));
 	v = bpf_map_lookup_elem(&vfs_stats, &k);

@@ -317,10 +317,20 @@ struct bpfnfs_config {
 	__u32 flags;
 	__u64 slow_ns;                /* emit an op_event when latency >= slow_ns */
 	__u32 o_direct;               /* O_DIRECT of this architecture */
+	__u32 _pad;
+	struct tp_offsets off;
+};
+
+/* Syscall-side filters and per-pid keying: user space rewrites it at run time
+ * (SIGHUP), with a map update of the object's .data, and the programs read it
+ * per event. A change takes effect with the next event, without reloading or
+ * re-attaching anything. The only .data variable, so user space writes the
+ * map's whole value. Its flags are the CFG_F_LIVE ones; .rodata's are the rest.
+ * An update is not atomic for a reader: one event may see old and new fields. */
+struct bpfnfs_live {
+	__u32 flags;                  /* CFG_F_VFS_PID | CFG_F_FILTER_* */
 	__u32 filter_tgid;            /* CFG_F_FILTER_PID: only this process */
 	char filter_comm[BPFNFS_COMM_LEN]; /* CFG_F_FILTER_COMM */
-	struct tp_offsets off;
-	__u32 _pad2[2];
 };
 
 #define CFG_F_EVENTS 1u           /* per-op records on the ring buffer */
@@ -334,5 +344,7 @@ struct bpfnfs_config {
 #define CFG_F_WRITE_COUNTED_EARLY 512u /* 5.19+: nfs_file_write counts before a failing sync */
 #define CFG_F_ATOMIC 128u         /* preemptible kernel: per-CPU counters with atomic adds, since two
 				   * programs can interleave on one CPU */
+/* The flags of struct bpfnfs_live (changeable at run time); the others are .rodata's. */
+#define CFG_F_LIVE (CFG_F_VFS_PID | CFG_F_FILTER_PID | CFG_F_FILTER_COMM | CFG_F_FILTER_CGROUP)
 
 #endif /* __BPFNFS_H */

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import faulthandler
 import io
@@ -12,10 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
-from bpfnfs import __version__
 from bpfnfs.agent import Agent, stderr_log
+from bpfnfs.cli.flags import parse_args
+from bpfnfs.cli.runtime import StackServer, set_debug, warn_unbuilt
 from bpfnfs.cli.table import format_errors, format_files, format_identities, format_mount, format_vfs_ops
 from bpfnfs.collect.losses import loss_notes, losses_dict
 from bpfnfs.collect.snapshot import LayoutError
@@ -28,7 +30,7 @@ from bpfnfs.collect.views import (
     mount_dict,
     vfs_dict,
 )
-from bpfnfs.config import BY, COUNTING, DEFAULT_PORT, SORT, Config, ConfigError
+from bpfnfs.config import RESTART_KEYS, Config, ConfigError, Layers, changed, with_restart_keys_kept
 from bpfnfs.export.exporter import Exporter
 from bpfnfs.export.http import ExportError
 from bpfnfs.loader.libbpf import LibbpfError
@@ -45,250 +47,13 @@ class _Terminate(Exception):
     """SIGTERM: leave the main loop through the same cleanup as Ctrl-C."""
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return v
-
-
-COMMANDS = {
-    "run": "the agent: a report per interval (table or --json), and /metrics with --listen",
-    "stat": "nfsiostat-style report per mount and op every interval (no exporter)",
-    "top": "live full-screen view: mounts, ops, processes, cgroups, files",
-    "trace": "one line per slow operation (like nfsslower), or --json lines",
-}
-
-
-def _duration_ms(text: str) -> float:
-    """ "10ms", "1.5s", "500us", "250000ns" or a bare number of milliseconds."""
-    t = text.strip().lower()
-    for suffix, scale in (("ns", 1e-6), ("us", 1e-3), ("µs", 1e-3), ("ms", 1.0), ("s", 1e3)):
-        if t.endswith(suffix):
-            t, mult = t[: -len(suffix)], scale
-            break
-    else:
-        mult = 1.0
-    try:
-        v = float(t) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration (e.g. 10ms, 1.5s, 500us): {text!r}") from None
-    if not v >= 0 or v > 3_600_000:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1h: {text!r}")
-    return v
-
-
-def _common(p: argparse.ArgumentParser, interval_help: str = "seconds between reports (default 1)") -> None:
-    p.add_argument(
-        "-i",
-        "--interval",
-        type=_positive_float,
-        default=1.0,
-        metavar="SECONDS",
-        help=interval_help,
-    )
-    p.add_argument(
-        "--tier",
-        choices=("auto", "btf", "tracefs"),
-        default="auto",
-        help="hook tier: btf (module BTF: tp_btf+fexit) or tracefs (tracepoint offsets+kprobes); "
-        "default: auto",
-    )
-    p.add_argument(
-        "--counting",
-        choices=COUNTING,
-        default="auto",
-        help="programs that count: fentry (tp_btf and fentry/fexit, the cheapest) or kprobe (classic "
-        "tracepoints and kprobes, whose handlers run with preemption disabled); default: auto, kprobe "
-        "on preemptible kernels (docs/design.md)",
-    )
-    p.add_argument(
-        "--proc",
-        default="/proc",
-        metavar="DIR",
-        help="procfs to read mountinfo from (a host /proc mounted in a container)",
-    )
-    p.add_argument(
-        "--max-files",
-        type=_positive_int,
-        default=131072,
-        metavar="N",
-        help="files the kernel tracks at once (LRU; evictions are counted; default 131072)",
-    )
-    f = p.add_argument_group("filters (syscall side and attribution in the kernel; mounts in user space)")
-    f.add_argument("--pid", type=_positive_int, default=None, help="only this process")
-    f.add_argument("--comm", default=None, help="only processes with this command name (up to 15 bytes)")
-    f.add_argument("--cgroup", default=None, metavar="PATH", help="only this cgroup v2 and below it (path)")
-    f.add_argument("--mount", default=None, metavar="PATH", help="only this mount point")
-    f.add_argument("--server", default=None, metavar="HOST", help="only mounts of this NFS server")
-
-
-def _views(p: argparse.ArgumentParser, report: bool) -> None:
-    v = p.add_argument_group("views")
-    v.add_argument(
-        "--by",
-        choices=BY,
-        default="mount",
-        help="group by mount (RPC ops, default), op (syscall-side ops), process, cgroup or file",
-    )
-    v.add_argument("--top", type=_positive_int, default=20, metavar="N", help="files per mount in --by file")
-    v.add_argument("--sort", choices=SORT, default="ops", help="order of rows (default: ops)")
-    if report:
-        v.add_argument(
-            "-c",
-            "--count",
-            type=_positive_int,
-            default=None,
-            metavar="N",
-            help="stop after N reports (default: until Ctrl-C)",
-        )
-        v.add_argument("--json", action="store_true", help="one JSON document per interval on stdout")
-        v.add_argument(
-            "-a", "--all-ops", action="store_true", help="table: list every op, not only active ones"
-        )
-
-
-def _exporter(p: argparse.ArgumentParser) -> None:
-    e = p.add_argument_group("Prometheus exporter (docs/metrics.md)")
-    e.add_argument(
-        "--listen",
-        nargs="?",
-        const=f":{DEFAULT_PORT}",
-        default=None,
-        metavar="[HOST]:PORT",
-        help=f"serve /metrics, /healthz and /readyz (default address :{DEFAULT_PORT} when given bare)",
-    )
-    e.add_argument("-q", "--quiet", action="store_true", help="no per-interval output (with --listen)")
-    e.add_argument(
-        "--compat-bpfnfs-metrics",
-        action="store_true",
-        help="also export the original bpfnfs's six per-file series (nfs_read_count, ...)",
-    )
-    e.add_argument(
-        "--metrics-top-files",
-        type=int,
-        default=10,
-        metavar="N",
-        help="file series per mount, the busiest recently (default 10, 0: none)",
-    )
-    e.add_argument(
-        "--metrics-max-identities",
-        type=_positive_int,
-        default=500,
-        metavar="N",
-        help="(comm, cgroup) series per mount; more are folded into comm=cgroup=_other (default 500)",
-    )
-    e.add_argument("--metrics-pid", action="store_true", help="add a pid label to per-process series")
-
-
-def build_parser(command: str = "run") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bpfnfs" if command == "run" else f"bpfnfs {command}",
-        description="Per mount and NFS operation: what every NFS client on this host does and how long it "
-        "takes, exact to the kernel's own counters (run as root). Commands: "
-        + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items())
-        + ". Without a command: run.",
-    )
-    p.add_argument("--version", action="version", version=f"bpfnfs {__version__}")
-    if command == "trace":
-        _common(p, "seconds between mount refreshes (default 1)")
-        t = p.add_argument_group("trace")
-        t.add_argument(
-            "-m",
-            "--min-latency",
-            type=_duration_ms,
-            default=10.0,
-            metavar="DURATION",
-            help="print operations at least this slow: 10ms (default), 1.5s, 500us, 0 for all",
-        )
-        t.add_argument("--json", action="store_true", help="one JSON object per line")
-        t.add_argument("--rpc", action="store_true", help="also slow RPCs (queue, RTT and execute times)")
-        t.add_argument(
-            "-c", "--count", type=_positive_int, default=None, metavar="N", help="stop after N lines"
-        )
-        t.add_argument(
-            "-d", "--duration", type=_positive_float, default=None, metavar="SECONDS", help="stop after"
-        )
-        return p
-    _common(p)
-    _views(p, report=command != "top")
-    if command == "run":
-        _exporter(p)
-    if command == "stat":  # nfsiostat's own form: bpfnfs stat [interval [count]]
-        p.add_argument("pos_interval", nargs="?", type=_positive_float, metavar="interval")
-        p.add_argument("pos_count", nargs="?", type=_positive_int, metavar="count")
-    return p
-
-
-def parse_args(argv: list[str]) -> tuple[str, Config, argparse.Namespace]:
-    command = "run"
-    if argv and argv[0] in COMMANDS:
-        command, argv = argv[0], argv[1:]
-    parser = build_parser(command)
-    ns = parser.parse_args(argv)
-    if getattr(ns, "pos_interval", None) is not None:
-        ns.interval = ns.pos_interval
-    if getattr(ns, "pos_count", None) is not None:
-        ns.count = ns.pos_count
-    try:
-        cfg = Config(
-            interval=ns.interval,
-            count=ns.count if command != "top" else None,
-            json=getattr(ns, "json", False),
-            tier=ns.tier,
-            counting=ns.counting,
-            all_ops=getattr(ns, "all_ops", False),
-            proc=ns.proc,
-            by=getattr(ns, "by", "mount"),
-            top=getattr(ns, "top", 20),
-            sort=getattr(ns, "sort", "ops"),
-            max_files=ns.max_files,
-            filter_pid=ns.pid,
-            filter_comm=ns.comm,
-            filter_cgroup=ns.cgroup,
-            filter_mount=ns.mount.rstrip("/") or "/" if ns.mount else None,
-            filter_server=ns.server,
-            listen=getattr(ns, "listen", None),
-            quiet=getattr(ns, "quiet", False),
-            compat_metrics=getattr(ns, "compat_bpfnfs_metrics", False),
-            metrics_top_files=getattr(ns, "metrics_top_files", 10),
-            metrics_max_identities=getattr(ns, "metrics_max_identities", 500),
-            metrics_pid=getattr(ns, "metrics_pid", False),
-            slow_ms=ns.min_latency if command == "trace" else None,
-            trace_rpc=getattr(ns, "rpc", False),
-        )
-    except ConfigError as e:
-        parser.error(str(e))
-        raise  # unreachable: error() exits
-    if cfg.quiet and cfg.listen is None:
-        parser.error("--quiet needs --listen (otherwise bpfnfs would show nothing)")
-    return command, cfg, ns
-
-
-def parse_config(argv: list[str]) -> Config:
-    return parse_args(argv)[1]
-
-
 def _selected(cfg: Config, mounts: list[MountReport]) -> list[MountReport]:
     """--mount / --server."""
     out = mounts
-    if cfg.filter_mount:
-        out = [m for m in out if m.mount_point == cfg.filter_mount]
-    if cfg.filter_server:
-        out = [m for m in out if m.server in (cfg.filter_server, f"[{cfg.filter_server}]")]
+    if cfg.filter.mount:
+        out = [m for m in out if m.mount_point == cfg.filter.mount]
+    if cfg.filter.server:
+        out = [m for m in out if m.server in (cfg.filter.server, f"[{cfg.filter.server}]")]
     return out
 
 
@@ -306,34 +71,38 @@ def _self_counters(agent: Agent, rep: Report) -> dict[str, object]:
             "preemption_source": counting.preemption.source,
         }
     c.update(losses_dict(rep.snapshot))
+    if agent.dns is not None:
+        c["dns"] = agent.dns.stats()
     return c
 
 
 def _rows(cfg: Config, agent: Agent, d: MountReport) -> list[dict[str, object]]:
     """Identity rows, with the filters applied to the billed wire I/O too (the kernel
     filters only the syscall side: READ/WRITE completions run in other tasks)."""
-    rows = identity_rows(d, cfg.by, agent.cgroups.path)
-    if cfg.filter_comm is not None:
-        rows = [r for r in rows if r.get("comm", cfg.filter_comm) == cfg.filter_comm]
-    if cfg.filter_pid is not None and cfg.by == "process":
-        rows = [r for r in rows if r.get("pid") == cfg.filter_pid]
-    if agent.cgroup_filter_ids and cfg.by == "cgroup":
+    rows = identity_rows(d, cfg.view.by, agent.cgroups.path)
+    if cfg.filter.comm is not None:
+        rows = [r for r in rows if r.get("comm", cfg.filter.comm) == cfg.filter.comm]
+    if cfg.filter.pid is not None and cfg.view.by == "process":
+        rows = [r for r in rows if r.get("pid") == cfg.filter.pid]
+    if agent.cgroup_filter_ids and cfg.view.by == "cgroup":
         rows = [r for r in rows if r.get("cgroup_id") in agent.cgroup_filter_ids]
     return rows
 
 
 def _grouped(cfg: Config, agent: Agent, rep: Report, d: MountReport) -> dict[str, object]:
     """The --by view of one mount's interval, for JSON."""
-    if cfg.by == "op":
+    if cfg.view.by == "op":
         return {"vfs_ops": vfs_dict(d)}
-    if cfg.by in ("process", "cgroup"):
+    if cfg.view.by in ("process", "cgroup"):
         return {"rows": _rows(cfg, agent, d)}
-    if cfg.by == "file":
-        return {"files": file_rows(d, rep.paths, cfg.top, cfg.sort)}
+    if cfg.view.by == "file":
+        return {"files": file_rows(d, rep.paths, cfg.view.top, cfg.view.sort)}
     return {}
 
 
-def _emit(cfg: Config, agent: Agent, rep: Report, prev: Report | None) -> None:
+def _emit(
+    cfg: Config, agent: Agent, rep: Report, prev: Report | None, out_file: TextIO | None = None
+) -> None:
     seconds = (
         rep.snapshot.taken - prev.snapshot.taken if prev else rep.snapshot.taken - (agent.attached_at or 0)
     )
@@ -342,12 +111,12 @@ def _emit(cfg: Config, agent: Agent, rep: Report, prev: Report | None) -> None:
     keep = {id(m) for m in _selected(cfg, [t for _d, t in pairs])}
     pairs = [(d, t) for d, t in pairs if id(t) in keep]
     now = datetime.now(UTC)
-    if cfg.json:
+    if cfg.view.format == "json":
         doc = {
             "timestamp": now.isoformat(timespec="milliseconds"),
             "interval_seconds": round(seconds, 6),
             "tier": agent.tier,
-            "by": cfg.by,
+            "by": cfg.view.by,
             "mounts": [
                 {
                     **mount_dict(d),
@@ -360,74 +129,164 @@ def _emit(cfg: Config, agent: Agent, rep: Report, prev: Report | None) -> None:
             "unattributed_clients": rep.unattributed_clients,
             "self": _self_counters(agent, rep),
         }
-        print(json.dumps(doc, separators=(",", ":")), flush=True)
+        print(json.dumps(doc, separators=(",", ":")), file=out_file or sys.stdout, flush=True)
         return
     stamp = now.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    out = [f"bpfnfs {stamp}  interval {seconds:.2f} s  tier {agent.tier}  by {cfg.by}"]
+    out = [f"bpfnfs {stamp}  interval {seconds:.2f} s  tier {agent.tier}  by {cfg.view.by}"]
     if not pairs:
-        filtered = cfg.filter_mount or cfg.filter_server
+        filtered = cfg.filter.mount or cfg.filter.server
         out.append("   no NFS mounts" + (" match the filters" if filtered else ""))
     for d, _t in pairs:
         out.append("")
-        if cfg.by == "mount":
-            out.extend(format_mount(d, seconds, agent.tier, cfg.all_ops))
+        if cfg.view.by == "mount":
+            out.extend(format_mount(d, seconds, agent.tier, cfg.view.all_ops))
             out.extend(format_errors(d))
             continue
         out.append(
             f"{d.server or '?'}:{d.export or '?'} mounted on {d.mount_point} (nfs v{d.nfs_version or '?'}):"
         )
-        if cfg.by == "op":
+        if cfg.view.by == "op":
             out.extend(format_vfs_ops(d, seconds))
-        elif cfg.by in ("process", "cgroup"):
-            title = "process [pid]" if cfg.by == "process" else "cgroup"
+        elif cfg.view.by in ("process", "cgroup"):
+            title = "process [pid]" if cfg.view.by == "process" else "cgroup"
             out.extend(format_identities(_rows(cfg, agent, d), seconds, title))
         else:
-            out.extend(format_files(file_rows(d, rep.paths, cfg.top, cfg.sort), seconds))
+            out.extend(format_files(file_rows(d, rep.paths, cfg.view.top, cfg.view.sort), seconds))
     notes = loss_notes(rep.snapshot)
     if rep.probe_failures:
         notes.append(f"{len(rep.probe_failures)} probes not attached")
     if notes:
         out.append("\nself: " + ", ".join(notes))
-    print("\n".join(out) + "\n", flush=True)
+    print("\n".join(out) + "\n", file=out_file or sys.stdout, flush=True)
 
 
-def run(cfg: Config) -> int:
+class _Output:
+    """Where reports go: stdout, or output.file.path (appended, line-buffered)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.file: TextIO | None = None
+        path = cfg.output.file.path
+        if cfg.output.type == "file" and path:
+            target = Path(path)
+            if target.is_dir() or path.endswith("/"):
+                target = target / "bpfnfs.log"
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.file = open(target, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            except OSError as e:
+                raise ConfigError(f"output.file.path {path}: {e.strerror}") from None
+            stderr_log(f"reports go to {target}")
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class Reloader:
+    """SIGHUP: re-read flags, environment and file. Filters, budgets, DNS and the log
+    level apply at once; keys that need a restart keep their old value (and are named);
+    an invalid file keeps the whole old configuration and is counted."""
+
+    def __init__(self, layers: Layers, log: Callable[[str], None] = stderr_log) -> None:
+        self.layers = layers
+        self.log = log
+        self.requested = False
+        self.reloads = 0
+        self.failures = 0
+
+    def request(self, _sig: int, _frame: FrameType | None) -> None:
+        self.requested = True  # applied by the main loop, between collections
+
+    def reload(self, old: Config) -> Config | None:
+        """The new configuration, or None when nothing changes or the new one is invalid."""
+        self.requested = False
+        try:
+            new = self.layers.build()
+        except ConfigError as e:
+            self.failures += 1
+            self.log(f"config reload failed; keeping the running configuration: {e}".replace("\n", "; "))
+            return None
+        new, kept = with_restart_keys_kept(old, new, RESTART_KEYS)
+        for key in kept:
+            self.log(f"config reload: {key} needs a restart; keeping the running value")
+        moved = changed(old, new)
+        self.reloads += 1
+        if not moved:
+            self.log("config reloaded: no change")
+            return None
+        self.log("config reloaded: " + ", ".join(moved))
+        return new
+
+
+def apply_settings(cfg: Config) -> None:
+    """Process-wide settings that follow the configuration (start and SIGHUP)."""
+    set_debug(cfg.features.debug)
+
+
+def run(cfg: Config, layers: Layers | None = None) -> int:
     """`bpfnfs run` and `bpfnfs stat`: a report per interval, and the exporter with --listen."""
+    apply_settings(cfg)
+    warn_unbuilt(cfg)
     agent = Agent(cfg)
     exporter: Exporter | None = None
+    reloader = Reloader(layers if layers is not None else Layers(env={}))
+    output: _Output | None = None
+    stacks: StackServer | None = None
 
     def on_term(_sig: int, _frame: FrameType | None) -> None:
         raise _Terminate
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, reloader.request)
     try:
-        if cfg.listen is not None:
-            exporter = Exporter(cfg, agent)  # first: a taken port fails before anything loads
+        output = _Output(cfg)
+        if cfg.metrics.listen is not None:
+            exporter = Exporter(cfg, agent, reloader)  # first: a taken port fails before anything loads
+        if cfg.pprof.enable:
+            stacks = StackServer(cfg.pprof.listen)
         agent.preflight()
         if exporter is not None:
             exporter.start()
-            stderr_log(f"serving /metrics, /healthz and /readyz on {cfg.listen}")
+            stderr_log(f"serving /metrics, /healthz and /readyz on {cfg.metrics.listen}")
+        if stacks is not None:
+            stacks.start()
+            stderr_log(f"serving thread stacks on http://{cfg.pprof.listen}/debug/stacks")
 
         def collect() -> Report | None:
             t0 = time.monotonic()
             rep = agent.collect()
             if exporter is not None:
-                seconds = rep.snapshot.taken - prev.snapshot.taken if rep and prev else cfg.interval
+                seconds = (
+                    rep.snapshot.taken - prev.snapshot.taken if rep and prev else cfg.collection.interval
+                )
                 exporter.update(rep, seconds, time.monotonic() - t0)
             return rep
 
         prev: Report | None = None
         prev = collect()
         reports = 0
-        next_tick = time.monotonic() + cfg.interval
-        while cfg.count is None or reports < cfg.count:
+        next_tick = time.monotonic() + cfg.collection.interval
+        while cfg.view.count is None or reports < cfg.view.count:
             time.sleep(max(0.0, next_tick - time.monotonic()))
-            next_tick += cfg.interval
+            if reloader.requested:
+                new = reloader.reload(cfg)
+                if new is not None:
+                    try:
+                        agent.reconfigure(new)
+                    except ConfigError as e:
+                        reloader.failures += 1
+                        stderr_log(f"config reload failed; keeping the running configuration: {e}")
+                    else:
+                        cfg = new
+                        apply_settings(cfg)
+                        if exporter is not None:
+                            exporter.reconfigure(cfg)
+            next_tick += cfg.collection.interval
             rep = collect()
             if rep is None:
                 continue
-            if not cfg.quiet:
-                _emit(cfg, agent, rep, prev)
+            if not cfg.view.quiet:
+                _emit(cfg, agent, rep, prev, output.file)
             prev = rep
             reports += 1
     except (KeyboardInterrupt, _Terminate):
@@ -440,6 +299,10 @@ def run(cfg: Config) -> int:
     finally:
         if exporter is not None:
             exporter.close()
+        if stacks is not None:
+            stacks.close()
+        if output is not None:
+            output.close()
         agent.close()
     return 0
 
@@ -454,20 +317,36 @@ def _guarded(fn: Callable[[], int]) -> int:
         return 0
 
 
+def parse_config(argv: list[str]) -> Config:
+    return parse_args(argv, env={})[1]
+
+
 def main(argv: list[str] | None = None) -> int:
-    command, cfg, ns = parse_args(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["config"]:
+        from bpfnfs.cli.configcmd import run_config
+
+        return run_config(args[1:])
+    try:
+        command, cfg, layers = parse_args(args)
+    except ConfigError as e:
+        for line in str(e).splitlines():
+            stderr_log(f"error: {line}")
+        return EXIT_USAGE
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for a stuck agent in the field.
     with contextlib.suppress(io.UnsupportedOperation, ValueError, RuntimeError):  # stderr without a fd
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     if command == "top":
         from bpfnfs.cli.top import run_top
 
+        apply_settings(cfg)
         return _guarded(lambda: run_top(cfg))
     if command == "trace":
         from bpfnfs.cli.trace import run_trace
 
-        return _guarded(lambda: run_trace(cfg, duration=ns.duration))
-    return run(cfg)
+        apply_settings(cfg)
+        return _guarded(lambda: run_trace(cfg))
+    return run(cfg, layers)
 
 
 if __name__ == "__main__":

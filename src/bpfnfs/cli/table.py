@@ -22,9 +22,11 @@ def format_mount(m: MountReport, seconds: float, tier: str | None, all_ops: bool
     kb = 1024.0 * seconds
     app_r = (io.read_bytes + io.direct_read_bytes) / kb
     app_w = (io.write_bytes + io.direct_write_bytes) / kb
+    server = m.server or "?"
+    if m.server_name and m.server_address:  # from DNS (features.dns)
+        server = f"{m.server_name} ({m.server_address})"
     lines = [
-        f"{m.server or '?'}:{m.export or '?'} mounted on {m.mount_point} "
-        f"(nfs v{m.nfs_version or '?'}, dev {m.dev}):",
+        f"{server}:{m.export or '?'} mounted on {m.mount_point} (nfs v{m.nfs_version or '?'}, dev {m.dev}):",
         f"   app read {app_r:10.1f} kB/s   app write {app_w:10.1f} kB/s   "
         f"wire read {io.server_read_bytes / kb:10.1f} kB/s   "
         f"wire write {io.server_write_bytes / kb:10.1f} kB/s",

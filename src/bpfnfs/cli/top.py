@@ -79,10 +79,10 @@ def split_keys(data: bytes) -> str:
 def select_mounts(cfg: Config, pairs: Iterable[MountReport]) -> list[MountReport]:
     """--mount / --server, as in `bpfnfs` itself."""
     out = list(pairs)
-    if cfg.filter_mount:
-        out = [m for m in out if m.mount_point == cfg.filter_mount]
-    if cfg.filter_server:
-        out = [m for m in out if m.server in (cfg.filter_server, f"[{cfg.filter_server}]")]
+    if cfg.filter.mount:
+        out = [m for m in out if m.mount_point == cfg.filter.mount]
+    if cfg.filter.server:
+        out = [m for m in out if m.server in (cfg.filter.server, f"[{cfg.filter.server}]")]
     return out
 
 
@@ -449,11 +449,11 @@ class _Top:
         self.cfg = cfg
         self.agent = agent
         self.messages = messages
-        self.state = TopState(cfg.by, cfg.sort)
+        self.state = TopState(cfg.view.by, cfg.view.sort)
         self.prev: Report | None = None
         self.rep: Report | None = None
         self.deltas: list[MountReport] = []
-        self.seconds = cfg.interval
+        self.seconds = cfg.collection.interval
         self.idle = "attaching BPF programs…"
 
     def collect(self) -> None:
@@ -475,11 +475,11 @@ class _Top:
             self.deltas,
             self.seconds,
             tier=self.agent.tier,
-            interval=cfg.interval,
-            top=cfg.top,
+            interval=cfg.collection.interval,
+            top=cfg.view.top,
             cgroup_path=self.agent.cgroups.path,
-            rows_filter=RowFilter(cfg.filter_comm, cfg.filter_pid, frozenset(self.agent.cgroup_filter_ids)),
-            filtered=bool(cfg.filter_mount or cfg.filter_server),
+            rows_filter=RowFilter(cfg.filter.comm, cfg.filter.pid, frozenset(self.agent.cgroup_filter_ids)),
+            filtered=bool(cfg.filter.mount or cfg.filter.server),
             idle=self.idle,
             message=self.messages.recent(),
             stamp=datetime.now().strftime("%H:%M:%S"),
@@ -497,7 +497,7 @@ def _read_keys(fd: int, timeout: float) -> str | None:
 
 
 def _loop(top: _Top, live: Live, fd: int) -> None:
-    interval = top.cfg.interval
+    interval = top.cfg.collection.interval
     live.update(top.frame(), refresh=True)
     next_tick = time.monotonic()
     size = live.console.size
@@ -527,7 +527,7 @@ def run_top(cfg: Config, agent_factory: Callable[[Config], Agent] = Agent) -> in
         print(f"bpfnfs: error: {NO_TERMINAL}", file=sys.stderr)
         return EXIT_NO_TERMINAL
     # Per-process keys in the kernel whatever the start view: `p` may be pressed any time.
-    agent = agent_factory(replace(cfg, by="process"))
+    agent = agent_factory(cfg.replace(collection={"per_pid": True}))
     messages = _Messages()
 
     def on_term(_sig: int, _frame: FrameType | None) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -108,11 +109,11 @@ class Tracer:
 
     def _wanted(self, nm: NfsMount | None, mount_point: str | None) -> bool:
         cfg = self.cfg
-        if cfg.filter_mount and mount_point != cfg.filter_mount:
+        if cfg.filter.mount and mount_point != cfg.filter.mount:
             return False
-        if cfg.filter_server:
+        if cfg.filter.server:
             server = nm.mount.server if nm else None
-            return server in (cfg.filter_server, f"[{cfg.filter_server}]")
+            return server in (cfg.filter.server, f"[{cfg.filter.server}]")
         return True
 
     def refresh_clients(self) -> None:
@@ -143,22 +144,23 @@ class Tracer:
             return SlowOp(
                 wall, "vfs", comm, pid, tid, op, lat, nbytes, err, mp, path, fileid, dev, cg, 0, 0, 0, 0
             )
-        if kind == R.OP_RPC and self.cfg.trace_rpc:
+        if kind == R.OP_RPC and self.cfg.trace.rpc:
             mp = self.clid_mount.get(clid)
             nm = next((n for n in mounts if n.mount.mount_point == mp), None)
             if not self._wanted(nm, mp):
                 return None
             # The RPC completes in rpciod; the pid is the task's owner, so name it from /proc.
             with contextlib.suppress(OSError):
-                comm = Path(f"{self.cfg.proc}/{pid}/comm").read_text().strip() or comm
+                comm = Path(f"{self.cfg.collection.proc}/{pid}/comm").read_text().strip() or comm
             return SlowOp(
                 wall, "rpc", comm, pid, tid, proc, lat, 0, err, mp, None, 0, 0, cg, queue, rtt, xid, task_id
             )
         return None
 
 
-def run_trace(cfg: Config, duration: float | None = None, agent_factory: type[Agent] = Agent) -> int:
-    agent = agent_factory(cfg)
+def run_trace(cfg: Config, agent_factory: Callable[..., Agent] = Agent) -> int:
+    agent = agent_factory(cfg, events=True)
+    duration = cfg.trace.duration
     tracer = Tracer(agent, cfg)
 
     def on_term(_sig: int, _frame: FrameType | None) -> None:
@@ -169,7 +171,7 @@ def run_trace(cfg: Config, duration: float | None = None, agent_factory: type[Ag
     last_drops = last_skipped = 0
     try:
         agent.preflight()
-        threshold = f"{cfg.slow_ms:g} ms" if cfg.slow_ms else "every operation"
+        threshold = f"{cfg.trace.min_latency:g} ms" if cfg.trace.min_latency else "every operation"
         stderr_log(f"tracing NFS operations slower than {threshold}; Ctrl-C to stop")
         header_done = False
         next_refresh = 0.0
@@ -178,10 +180,10 @@ def run_trace(cfg: Config, duration: float | None = None, agent_factory: type[Ag
             if duration is not None and now - start >= duration:
                 break
             if now >= next_refresh:
-                next_refresh = now + cfg.interval
+                next_refresh = now + cfg.collection.interval
                 if agent.try_attach():
                     agent.refresh_mounts()
-                    if cfg.trace_rpc:
+                    if cfg.trace.rpc:
                         tracer.refresh_clients()
                     drops = _lost(agent)
                     if drops > last_drops:
@@ -195,7 +197,7 @@ def run_trace(cfg: Config, duration: float | None = None, agent_factory: type[Ag
                             "saw them (their programs were busy on that CPU; docs/design.md, Preemption)"
                         )
                         last_skipped = skipped
-            if not header_done and agent.obj is not None and not cfg.json:
+            if not header_done and agent.obj is not None and cfg.view.format != "json":
                 print(HEADER, flush=True)
                 header_done = True
             time.sleep(DRAIN_PERIOD)
@@ -207,18 +209,18 @@ def run_trace(cfg: Config, duration: float | None = None, agent_factory: type[Ag
                 op = tracer.decode(agent.events.popleft(), mounts, offset_ns)
                 if op is None:
                     continue
-                if cfg.json:
+                if cfg.view.format == "json":
                     out.append(
                         json.dumps(op.as_dict(agent.cgroups.path(op.cgroup_id)), separators=(",", ":"))
                     )
                 else:
                     out.append(op.line())
                 tracer.printed += 1
-                if cfg.count is not None and tracer.printed >= cfg.count:
+                if cfg.view.count is not None and tracer.printed >= cfg.view.count:
                     break
             if out:
                 print("\n".join(out), flush=True)
-            if cfg.count is not None and tracer.printed >= cfg.count:
+            if cfg.view.count is not None and tracer.printed >= cfg.view.count:
                 break
     except (KeyboardInterrupt, _Terminate):
         pass

@@ -146,7 +146,9 @@ TP_OFFSET_FIELDS = (
     "iw_offset",
 )
 TP_OFFSETS_LEN = 40
-CONFIG = struct.Struct(f"<IIQII{COMM_LEN}s{TP_OFFSETS_LEN}H8x")
+CONFIG = struct.Struct(f"<IIQI4x{TP_OFFSETS_LEN}H")  # agent_tgid, flags, slow_ns, o_direct, off
+# struct bpfnfs_live (.data): flags, filter_tgid, filter_comm; rewritten at run time.
+LIVE = struct.Struct(f"<II{COMM_LEN}s")
 CFG_F_EVENTS = 1
 CFG_F_VFS_PID = 2
 CFG_F_FILTER_PID = 4
@@ -157,6 +159,8 @@ CFG_F_RPC_KPROBE = 64
 CFG_F_ATOMIC = 128
 CFG_F_DIRECT_FNS = 256
 CFG_F_WRITE_COUNTED_EARLY = 512
+# The flags of LIVE (changeable at run time); CONFIG holds the others.
+CFG_F_LIVE = CFG_F_VFS_PID | CFG_F_FILTER_PID | CFG_F_FILTER_COMM | CFG_F_FILTER_CGROUP
 
 # Ring buffer records: struct op_event and struct path_event.
 OP_EVENT = struct.Struct(f"<7Q6IiHH{COMM_LEN}s{PROC_LEN}s")
@@ -179,6 +183,8 @@ LAYOUTS: dict[str, tuple[int, int]] = {
     "cgroup_filter": (U64.size, 1),
     "pgio": (struct.calcsize("<IIQq"), struct.calcsize(f"<QQII{COMM_LEN}s")),
 }
+# Global-data section -> its one variable's size (a one-element array map each).
+GLOBALS: dict[str, int] = {".rodata": CONFIG.size, ".data": LIVE.size}
 
 
 def cstr(b: bytes) -> str:
@@ -191,9 +197,15 @@ def pack_config(
     slow_ns: int,
     o_direct: int,
     offsets: dict[str, int],
-    filter_tgid: int = 0,
-    filter_comm: str = "",
 ) -> bytes:
     offs = [offsets.get(name, 0) for name in TP_OFFSET_FIELDS]
     offs += [0] * (TP_OFFSETS_LEN - len(offs))
-    return CONFIG.pack(agent_tgid, flags, slow_ns, o_direct, filter_tgid, filter_comm.encode(), *offs)
+    return CONFIG.pack(agent_tgid, flags, slow_ns, o_direct, *offs)
+
+
+def pack_live(flags: int, filter_tgid: int = 0, filter_comm: str = "") -> bytes:
+    """struct bpfnfs_live. flags: CFG_F_LIVE bits only; the comm is truncated to
+    what the kernel keeps (15 bytes and the NUL), as bpf_get_current_comm returns it."""
+    if flags & ~CFG_F_LIVE:
+        raise ValueError(f"not live flags: {flags & ~CFG_F_LIVE:#x}")
+    return LIVE.pack(flags, filter_tgid, filter_comm.encode()[: COMM_LEN - 1])

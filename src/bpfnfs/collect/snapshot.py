@@ -17,6 +17,7 @@ from typing import Any
 from bpfnfs.collect import records as R
 from bpfnfs.collect.histogram import Log2Hist
 from bpfnfs.loader.maps import Map
+from bpfnfs.loader.object import global_map
 
 
 class LayoutError(Exception):
@@ -32,6 +33,15 @@ def check_layouts(maps: dict[str, Map]) -> None:
             raise LayoutError(
                 f"map {name}: object has key/value {m.key_size}/{m.value_size} bytes, user space expects "
                 f"{ksize}/{vsize}; rebuild with `make setup`"
+            )
+    for section, size in R.GLOBALS.items():
+        m = global_map(maps, section)
+        if m is None:
+            raise LayoutError(f"BPF object lacks its {section} section; rebuild with `make setup`")
+        if m.value_size != size:
+            raise LayoutError(
+                f"{section}: object has {m.value_size} bytes, user space expects {size}; "
+                "rebuild with `make setup`"
             )
 
 

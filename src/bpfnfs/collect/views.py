@@ -59,6 +59,9 @@ class MountReport:
     files: dict[int, FileStats] = field(default_factory=dict)  # by fileid
     root: str = "/"  # the mount's root inside the superblock (mountinfo field 4)
     kdev: int = 0  # kernel dev_t (major << 20 | minor), the key of per-file data
+    server_name: str | None = None  # from DNS (features.dns, enrich.dns.with_dns), once known
+    server_address: str | None = None
+    server_host: str | None = None  # the host as mounted (host:/export), a name or an address
 
     def blank(self) -> MountReport:
         """The same mount with every counter at zero (what a new mount diffs against)."""
@@ -176,6 +179,7 @@ def build_report(
                 files.get(m.dev, {}),
                 m.root or "/",
                 m.dev,
+                server_host=m.source_host,
             )
         )
     return Report(snap, out, unattributed, dict(paths or {}), dict(probe_failures or {}))
@@ -206,9 +210,11 @@ def op_dict(s: RpcOpStats, seconds: float | None = None) -> dict[str, Any]:
 
 
 def mount_dict(m: MountReport, seconds: float | None = None) -> dict[str, Any]:
+    dns = {"server_name": m.server_name, "server_address": m.server_address}
     return {
         "mount_point": m.mount_point,
         "server": m.server,
+        **{k: v for k, v in dns.items() if v is not None},
         "export": m.export,
         "nfs_version": m.nfs_version,
         "fstype": m.fstype,

@@ -65,16 +65,16 @@ class CgroupResolver:
 def resolve_filter(path: str, root: Path | None) -> Path:
     """Validates --cgroup PATH (absolute, or relative to the cgroup2 root)."""
     if root is None:
-        raise CgroupError("--cgroup: no cgroup v2 filesystem is mounted on this host")
+        raise CgroupError("filter.cgroup: no cgroup v2 filesystem is mounted on this host")
     p = Path(path)
     if not p.is_absolute():
         p = root / path
     try:
         p = p.resolve(strict=True)
     except OSError:
-        raise CgroupError(f"--cgroup {path}: no such cgroup ({p} does not exist)") from None
+        raise CgroupError(f"filter.cgroup {path}: no such cgroup ({p} does not exist)") from None
     if not p.is_dir() or (p != root and root not in p.parents):
-        raise CgroupError(f"--cgroup {path}: not a directory in the cgroup v2 filesystem at {root}")
+        raise CgroupError(f"filter.cgroup {path}: not a directory in the cgroup v2 filesystem at {root}")
     return p
 
 

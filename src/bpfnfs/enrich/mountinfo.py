@@ -138,6 +138,14 @@ class Mount:
         return host
 
     @property
+    def source_host(self) -> str | None:
+        """The host part of ``host:/export`` as mounted (a name or an address); None if none."""
+        if not self.is_nfs:
+            return None
+        host, _ = _split_nfs_source(self.source)
+        return host
+
+    @property
     def export(self) -> str | None:
         """The exported path from ``host:/export``; None for non-NFS mounts or a host-less source."""
         if not self.is_nfs:

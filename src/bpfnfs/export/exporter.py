@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import time
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
@@ -50,7 +51,17 @@ def agent_probes(agent: Agent) -> list[Probe]:
     return out
 
 
-def agent_status(agent: Agent, collection_seconds: float = 0.0, collected: bool = False) -> AgentStatus:
+class ReloadCounts(Protocol):
+    reloads: int
+    failures: int
+
+
+def agent_status(
+    agent: Agent,
+    collection_seconds: float = 0.0,
+    collected: bool = False,
+    reloads: ReloadCounts | None = None,
+) -> AgentStatus:
     try:
         lib = libbpf().version_string
     except Exception:
@@ -65,21 +76,25 @@ def agent_status(agent: Agent, collection_seconds: float = 0.0, collected: bool 
         collected_at=time.time() if collected else 0.0,
         mountinfo_parse_errors=agent.mounts.parse_errors,
         counting=(c.method, c.preemption.model) if (c := agent.counting) is not None else None,
+        config_reloads=reloads.reloads if reloads is not None else 0,
+        dns=agent.dns.stats() if agent.dns is not None else None,
+        config_reload_failures=reloads.failures if reloads is not None else 0,
     )
 
 
 class Exporter:
-    def __init__(self, cfg: Config, agent: Agent) -> None:
-        addr = cfg.listen_address
-        assert addr is not None, "Exporter needs cfg.listen"
+    def __init__(self, cfg: Config, agent: Agent, reloads: ReloadCounts | None = None) -> None:
+        addr = cfg.metrics.listen_address
+        assert addr is not None, "Exporter needs metrics.listen"
         self.agent = agent
+        self.reloads = reloads
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         self.collector = BpfnfsCollector(cfg, agent.cgroups.path)
         self.registry.register(self.collector)
         self.compat: CompatCollector | None = None
-        if cfg.compat_metrics:
-            self.compat = CompatCollector()
+        if cfg.metrics.compat:
+            self.compat = CompatCollector(cfg.kubernetes.node_name)  # NODE_NAME, as the original
             self.registry.register(self.compat)
         self._ready = (False, "not ready: starting")
         self.server = MetricsServer(addr[0], addr[1], self.registry, lambda: self._ready)
@@ -89,7 +104,7 @@ class Exporter:
         self.server.start()
 
     def update(self, rep: Report | None, seconds: float, collection_seconds: float) -> None:
-        st = agent_status(self.agent, collection_seconds, collected=rep is not None)
+        st = agent_status(self.agent, collection_seconds, collected=rep is not None, reloads=self.reloads)
         self.collector.update(rep, st, seconds)
         if self.compat is not None:
             self.compat.update(rep)
@@ -97,6 +112,10 @@ class Exporter:
             self._ready = (True, f"ready: tier {self.agent.tier}, {len(rep.mounts)} NFS mounts")
         elif not self.agent.objs:
             self._ready = (False, "not ready: waiting for the NFS client modules (sunrpc, nfs)")
+
+    def reconfigure(self, cfg: Config) -> None:
+        """SIGHUP: budgets (top files, identities) and features.nfs_metrics apply from the next update."""
+        self.collector.cfg = cfg
 
     def close(self) -> None:
         self.server.close()

@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -67,6 +68,9 @@ class AgentStatus:
     collected_at: float = 0.0  # wall clock, seconds since the epoch
     mountinfo_parse_errors: int = 0
     counting: tuple[str, str] | None = None  # (counting method, preemption model)
+    config_reloads: int = 0  # SIGHUP reloads read and applied (or found unchanged)
+    config_reload_failures: int = 0  # invalid files on SIGHUP (the old configuration stayed)
+    dns: dict[str, Any] | None = None  # DnsCache.stats() with features.dns
 
 
 def hist_buckets(h: Log2Hist) -> list[tuple[str, float]]:
@@ -166,7 +170,7 @@ class BpfnfsCollector(Collector):
     ) -> None:
         self.cfg = cfg
         self.cgroup_path = cgroup_path
-        self.pid_alive = pid_alive or (lambda pid: os.path.exists(f"{cfg.proc}/{pid}"))
+        self.pid_alive = pid_alive or (lambda pid: os.path.exists(f"{cfg.collection.proc}/{pid}"))
         # What a scrape serves: the per-mount families are rendered from the last report only
         # when scraped (most of the rendering cost, and Prometheus scrapes every 15-60 s while
         # the agent collects every second); everything with state across intervals (identity
@@ -192,7 +196,7 @@ class BpfnfsCollector(Collector):
             done = self._rendered
             if done is None or done[0] is not state:
                 fams = _Families()
-                for m in state[0]:
+                for m in state[0] if self.cfg.features.nfs_metrics else ():
                     self._mount(fams, m)
                 done = self._rendered = (state, list(fams.by_name.values()))
         return iter(done[1] + state[1])
@@ -204,7 +208,7 @@ class BpfnfsCollector(Collector):
         fams = _Families()
         exported = folded = retired = 0
         self._seen = set()
-        if rep is not None:
+        if rep is not None and self.cfg.features.nfs_metrics:  # off: only the agent's own families
             live = set()
             for m in rep.mounts:
                 live.add(m.mount_point)
@@ -226,6 +230,12 @@ class BpfnfsCollector(Collector):
             "An NFS mount bpfnfs follows (value 1).",
             [*MOUNT_LABELS, "dev", "fstype"],
         ).add_metric([*mv, m.dev, m.fstype], 1)
+        if m.server_name and m.server_address:  # a series of its own: a late DNS answer relabels no other
+            fams.gauge(
+                "bpfnfs_mount_server_info",
+                "The server's name and address, once DNS has answered (features.dns; value 1).",
+                [*MOUNT_LABELS, "server_name", "server_address"],
+            ).add_metric([*mv, m.server_name, m.server_address], 1)
         io = m.io
         rb = fams.counter(
             "bpfnfs_read_bytes_total",
@@ -302,7 +312,7 @@ class BpfnfsCollector(Collector):
     def _identity(self, pid: int, cg: int, comm: str) -> tuple[Identity, bool]:
         """The key of a (pid, cgroup, comm) and whether it still exists. Keys hold the cgroup
         id, not its path: a removed cgroup must stay the same identity to be retired."""
-        pid = pid if self.cfg.metrics_pid else 0
+        pid = pid if self.cfg.metrics.pid_labels else 0
         key = (comm, str(cg), str(pid))
         if key not in self._labels:
             if not cg and not comm:
@@ -310,7 +320,7 @@ class BpfnfsCollector(Collector):
             else:
                 path = self.cgroup_path(cg) if cg else ""
                 labels = (comm, f"cgroup {cg}" if path is None else path)
-            self._labels[key] = (*labels, str(pid) if pid else "") if self.cfg.metrics_pid else labels
+            self._labels[key] = (*labels, str(pid) if pid else "") if self.cfg.metrics.pid_labels else labels
         self._seen.add(key)
         alive = not cg or self.cgroup_path(cg) is not None
         if pid:
@@ -346,14 +356,14 @@ class BpfnfsCollector(Collector):
         budget.admitted &= present
         budget.retired &= present
         budget.folded &= present
-        room = self.cfg.metrics_max_identities - len(budget.admitted)
+        room = self.cfg.metrics.max_identities - len(budget.admitted)
         fresh = [i for i in rows if i not in budget.admitted | budget.retired | budget.folded and alive[i]]
         fresh.sort(key=lambda i: (-rows[i].activity, i))
         budget.admitted.update(fresh[: max(0, room)])
         budget.folded |= present - budget.admitted - budget.retired
 
         out: dict[Identity, _IdRow] = {}
-        other = (OTHER,) * (3 if self.cfg.metrics_pid else 2)
+        other = (OTHER,) * (3 if self.cfg.metrics.pid_labels else 2)
         folded = 0
         for ident, r in rows.items():
             if ident in budget.admitted:
@@ -363,7 +373,7 @@ class BpfnfsCollector(Collector):
                 out[other] = out[other] + r if other in out else r
 
         mv = _mount_values(m)
-        il = [*MOUNT_LABELS, "comm", "cgroup"] + (["pid"] if self.cfg.metrics_pid else [])
+        il = [*MOUNT_LABELS, "comm", "cgroup"] + (["pid"] if self.cfg.metrics.pid_labels else [])
         ops = fams.counter(
             "bpfnfs_process_operations_total",
             "Syscall-side operations per process (comm) and cgroup.",
@@ -408,7 +418,7 @@ class BpfnfsCollector(Collector):
         return len(out) - (1 if folded else 0), folded, len(budget.retired)
 
     def _files(self, fams: _Families, rep: Report, seconds: float) -> None:
-        n = self.cfg.metrics_top_files
+        n = self.cfg.metrics.top_files
         decay = 0.5 ** (max(seconds, 0.0) / FILE_SCORE_HALF_LIFE_S)
         scores: dict[tuple[int, int], float] = {}
         prev: dict[tuple[int, int], FileStats] = {}
@@ -536,6 +546,31 @@ class BpfnfsCollector(Collector):
         fams.counter(
             "bpfnfs_mountinfo_parse_errors_total", "mountinfo lines bpfnfs could not parse.", []
         ).add_metric([], st.mountinfo_parse_errors)
+        if st.dns is not None:
+            fams.counter(
+                "bpfnfs_dns_lookups_total", "Server name/address lookups (answered from the cache).", []
+            ).add_metric([], st.dns.get("lookups", 0))
+            fams.counter(
+                "bpfnfs_dns_resolutions_total", "Resolver calls made in the background (features.dns).", []
+            ).add_metric([], st.dns.get("resolutions", 0))
+            df = fams.counter(
+                "bpfnfs_dns_failures_total",
+                "Resolver calls that failed: timeout (slower than dns.timeout), not_found, error.",
+                ["reason"],
+            )
+            for reason, n in sorted(st.dns.get("failures", {}).items()):
+                df.add_metric([reason], n)
+            fams.gauge("bpfnfs_dns_in_flight", "Resolver calls under way.", []).add_metric(
+                [], st.dns.get("in_flight", 0)
+            )
+        fams.counter(
+            "bpfnfs_config_reloads_total", "Configuration reloads (SIGHUP) that were read and validated.", []
+        ).add_metric([], st.config_reloads)
+        fams.counter(
+            "bpfnfs_config_reload_failures_total",
+            "Configuration reloads (SIGHUP) refused as invalid; the running configuration stayed.",
+            [],
+        ).add_metric([], st.config_reload_failures)
         if rep is not None:
             fams.gauge("bpfnfs_files_tracked", "Files in the kernel's per-file LRU.", []).add_metric(
                 [], len(rep.snapshot.files)

@@ -14,6 +14,7 @@ import errno
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -101,6 +102,10 @@ def _bind(lib: ctypes.CDLL) -> None:
         "ring_buffer__free": (None, [c_void_p]),
         "btf__load_vmlinux_btf": (c_void_p, []),
         "btf__load_module_btf": (c_void_p, [c_char_p, c_void_p]),
+        "btf__parse": (c_void_p, [c_char_p, c_void_p]),
+        "btf__parse_split": (c_void_p, [c_char_p, c_void_p]),
+        "btf__raw_data": (c_void_p, [c_void_p, POINTER(c_uint32)]),
+        "btf__type_cnt": (c_uint32, [c_void_p]),
         "btf__find_by_name_kind": (c_int, [c_void_p, c_char_p, c_uint32]),
         "btf__type_by_id": (c_void_p, [c_void_p, c_uint32]),
         "btf__free": (None, [c_void_p]),
@@ -146,7 +151,8 @@ class Libbpf:
         self._libc.vsnprintf.restype = c_int
         self.log: deque[str] = deque(maxlen=2000)
         self.pending: BaseException | None = None
-        self.debug = False
+        self.debug = False  # features.debug: keep libbpf's debug lines too
+        self.echo: Callable[[str], None] | None = None  # features.debug: every line, as it comes
         self._lock = threading.Lock()
         self._buf = ctypes.create_string_buffer(1 << 18)
         self._print_cb = PRINT_FN(self._on_print)  # keep a reference: libbpf holds the pointer
@@ -165,6 +171,9 @@ class Libbpf:
                 self._libc.vsnprintf(self._buf, len(self._buf), fmt, args)
                 text = self._buf.value.decode("utf-8", "replace").rstrip("\n")
                 self.log.extend(text.splitlines())
+            if self.echo is not None:
+                for line in text.splitlines():
+                    self.echo(line)
         except BaseException as e:
             # A signal handler (SIGTERM, Ctrl-C) that ran inside this callback: ctypes
             # drops exceptions raised here, so keep it for raise_pending().

@@ -60,6 +60,10 @@ class BpfObject:
     maps: dict[str, Map] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
     loaded: bool = False
+    # A BTF file for CO-RE instead of the kernel's (libbpf then searches no module BTF);
+    # it must still exist at load(). Attach targets (tp_btf, fentry) still need the
+    # kernel's own /sys/kernel/btf/vmlinux.
+    btf_custom_path: Path | None = None
 
     def open(self) -> BpfObject:
         L = self.lib.lib
@@ -67,6 +71,9 @@ class BpfObject:
         self._buf = ctypes.create_string_buffer(self.data, len(self.data))
         self._name = self.name.encode()
         opts = BpfObjectOpenOpts(sz=ctypes.sizeof(BpfObjectOpenOpts), object_name=self._name)
+        if self.btf_custom_path is not None:
+            self._btf_path = str(self.btf_custom_path).encode()
+            opts.btf_custom_path = self._btf_path
         self.lib.clear_log()
         ptr = L.bpf_object__open_mem(self._buf, len(self.data), ctypes.byref(opts))
         self.lib.raise_pending()
@@ -86,7 +93,8 @@ class BpfObject:
         return self
 
     def _log(self) -> str:
-        return "\n".join("  libbpf: " + line for line in self.lib.last_log(25))
+        # features.debug: the whole log, with the verifier's log of a rejected program
+        return "\n".join("  libbpf: " + line for line in self.lib.last_log(2000 if self.lib.debug else 25))
 
     def set_autoload(self, enabled: set[str]) -> None:
         """Load only the named programs (each variant needs its own kernel support)."""
@@ -96,24 +104,45 @@ class BpfObject:
         for name, p in self.programs.items():
             self.lib.lib.bpf_program__set_autoload(p.ptr, name in enabled)
 
-    def rodata(self) -> Map:
-        for name, m in self.maps.items():
-            if name.endswith(".rodata"):
-                return m
-        raise LoadError("the BPF object has no .rodata map")
+    def global_map(self, section: str) -> Map:
+        """The map of a global-data section (".rodata", ".data", ".bss"): libbpf names it
+        "<object>.<section>" (the object name cut short to fit 15 characters)."""
+        m = global_map(self.maps, section)
+        if m is None:
+            raise LoadError(f"the BPF object has no {section} map")
+        return m
 
-    def set_rodata(self, value: bytes) -> None:
-        """Write the config. Only possible before load with libbpf < 1.5."""
-        m = self.rodata()
+    def rodata(self) -> Map:
+        return self.global_map(".rodata")
+
+    def _check_global_size(self, section: str, m: Map, value: bytes) -> None:
         if len(value) != m.value_size:
             raise LoadError(
-                f"config size mismatch: user space packs {len(value)} bytes, object has {m.value_size}; "
+                f"{section} size mismatch: user space packs {len(value)} bytes, object has {m.value_size}; "
                 "src/bpfnfs/bpf/bpfnfs.h and collect/records.py disagree"
             )
+
+    def set_initial(self, section: str, value: bytes) -> None:
+        """Before load: a global-data section's whole initial value."""
+        m = self.global_map(section)
+        self._check_global_size(section, m, value)
         buf = ctypes.create_string_buffer(value, len(value))
         ret = self.lib.lib.bpf_map__set_initial_value(m.ptr, buf, len(value))
         if ret:
-            raise LoadError(f"cannot set .rodata: {errno_message(ret)}")
+            raise LoadError(f"cannot set {section}: {errno_message(ret)}")
+
+    def write_global(self, section: str, value: bytes) -> None:
+        """After load: rewrite a writable global-data section (.data, .bss) as a whole,
+        with one map update. The programs see it from their next run."""
+        if not self.loaded:
+            raise LoadError(f"cannot write {section} before load: use set_initial")
+        m = self.global_map(section)
+        self._check_global_size(section, m, value)
+        m.update(b"\0\0\0\0", value)  # a one-element array: key 0
+
+    def set_rodata(self, value: bytes) -> None:
+        """Write the config. Only possible before load with libbpf < 1.5."""
+        self.set_initial(".rodata", value)
 
     def load(self) -> None:
         self.lib.clear_log()
@@ -185,6 +214,15 @@ class BpfObject:
         self.close()
 
 
+def global_map(maps: dict[str, Map], section: str) -> Map | None:
+    """The map of a global-data section among an object's maps: "bpfnfs.data" for
+    ".data", never ".rodata.str1.1" (custom sections keep their whole name)."""
+    for name, m in maps.items():
+        if name.endswith(section) and "." not in name[: -len(section)]:
+            return m
+    return None
+
+
 def _write_kprobe_events(events: Path, line: str) -> None:
     # Raw O_APPEND write: Python's open(..., "a") seeks to the end, which tracefs refuses.
     fd = os.open(events, os.O_WRONLY | os.O_APPEND)
@@ -214,4 +252,4 @@ def kprobe_misses(tracefs: Path, specs: set[str]) -> int:
     return total
 
 
-__all__ = ["BpfObject", "LibbpfError", "Link", "LoadError", "Program", "object_bytes"]
+__all__ = ["BpfObject", "LibbpfError", "Link", "LoadError", "Program", "global_map", "object_bytes"]

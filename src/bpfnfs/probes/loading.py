@@ -89,8 +89,9 @@ class Counting:
 def choose_counting(cfg: Config, tier: str, preemption: system.Preemption) -> Counting:
     if tier == "tracefs":
         return Counting("kprobe", preemption, "the tracefs tier's hooks")
-    if cfg.counting != "auto":
-        return Counting(cfg.counting, preemption, f"requested with --counting {cfg.counting}")
+    if cfg.collection.counting != "auto":
+        method = cfg.collection.counting
+        return Counting(method, preemption, f"requested (collection.counting {method})")
     if preemption.preemptible:
         return Counting(
             "kprobe", preemption, "a preempted tp_btf or fentry program would skip other tasks' events"
@@ -101,9 +102,19 @@ def choose_counting(cfg: Config, tier: str, preemption: system.Preemption) -> Co
 class Loader:
     """Owns the BPF object instances. Not thread-safe: the agent's main loop drives it."""
 
-    def __init__(self, cfg: Config, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        log: Callable[[str], None],
+        events: bool = False,
+        btf_source: btf.BtfSource | None = None,
+    ) -> None:
         self.cfg = cfg
         self.log = log
+        # Where BTF comes from (config btf.kernel, btf.model_dir); default: the kernel's own.
+        self.btf_source = btf_source or btf.BtfSource()
+        self._core_btf: btf.CoreBtf | None = None
+        self.events = events  # per-op records on the ring (bpfnfs trace), cfg.trace.min_latency and slower
         self.tracefs: Path | None = None
         self.objs: list[BpfObject] = []
         self.plan: tiers.TierPlan | None = None
@@ -113,6 +124,7 @@ class Loader:
         self.probe_failures: dict[str, str] = {}  # program -> why it is not attached
         self._waiting_logged = False
         self._cgroup_filter_on = False
+        self._per_pid, self._filter_pid, self._filter_comm = self._initial_live()
         self._stats_fd = -1
         self._first_programs: tuple[str, ...] = ()
 
@@ -124,17 +136,52 @@ class Loader:
     def tier(self) -> str | None:
         return self.plan.tier if self.plan else None
 
-    def flags(self, tier: str, programs: tuple[str, ...] = ()) -> int:
+    def _initial_live(self) -> tuple[bool, int | None, str | None]:
+        """(per_pid, filter_pid, filter_comm) at start: the only reads of the config's
+        filter settings here. set_live() replaces them at run time."""
         cfg = self.cfg
-        f = R.CFG_F_EVENTS if cfg.slow_ms is not None else 0
-        if cfg.by == "process" or cfg.filter_pid is not None or cfg.metrics_pid:
-            f |= R.CFG_F_VFS_PID
-        if cfg.filter_pid is not None:
+        return cfg.collection.per_pid, cfg.filter.pid, cfg.filter.comm
+
+    def live_flags(self) -> int:
+        """The flags of struct bpfnfs_live (.data): the ones set_live() can change."""
+        f = R.CFG_F_VFS_PID if self._per_pid else 0
+        if self._filter_pid is not None:
             f |= R.CFG_F_FILTER_PID
-        if cfg.filter_comm is not None:
+        if self._filter_comm is not None:
             f |= R.CFG_F_FILTER_COMM
         if self._cgroup_filter_on:
             f |= R.CFG_F_FILTER_CGROUP
+        return f
+
+    def _pack_live(self) -> bytes:
+        return R.pack_live(self.live_flags(), self._filter_pid or 0, self._filter_comm or "")
+
+    def set_live(
+        self, per_pid: bool, filter_pid: int | None, filter_comm: str | None, cgroup_filter: bool
+    ) -> None:
+        """Change the syscall-side filters and per-pid keying without reloading or
+        re-attaching anything: the values are written to the .data of every loaded
+        instance, and the programs apply them from their next event (the objects
+        loaded later start with them). cgroup_filter: check the cgroup_filter map,
+        which the caller keeps filled. Per-pid keying on or off starts new vfs_stats
+        keys (pid 0 or not); the old ones keep their totals."""
+        self._per_pid = per_pid
+        self._filter_pid = filter_pid
+        self._filter_comm = filter_comm
+        self._cgroup_filter_on = cgroup_filter
+        value = self._pack_live()
+        failed = []
+        for obj in self.objs:  # each instance has its own .data
+            try:
+                obj.write_global(".data", value)
+            except (LoadError, LibbpfError) as e:
+                failed.append(str(e))
+        if failed:
+            raise LoadError("cannot update the live settings: " + "; ".join(failed))
+
+    def flags(self, tier: str, programs: tuple[str, ...] = ()) -> int:
+        """The .rodata flags, fixed for an instance's lifetime (live_flags() has the others)."""
+        f = R.CFG_F_EVENTS if self.events else 0
         method = self.counting.method if self.counting else "fentry"
         if method == "kprobe" and _kernel_at_least(5, 12):
             f |= R.CFG_F_IDMAP_ARGS
@@ -169,7 +216,9 @@ class Loader:
             tp = _btf_tracepoint(p)
             if tp is not None:
                 by_mod.setdefault(tp[1], (set(), set()))[1].add(tp[0])
-        arities = btf.function_arity({m: (sorted(f), sorted(t)) for m, (f, t) in by_mod.items()})
+        arities = btf.function_arity(
+            {m: (sorted(f), sorted(t)) for m, (f, t) in by_mod.items()}, source=self.btf_source
+        )
         for mod, (funcs, tps) in by_mod.items():
             arity = arities[mod]
             for p in list(keep):
@@ -202,7 +251,7 @@ class Loader:
         return tuple(keep)
 
     def _load(self, programs: tuple[str, ...], offsets: dict[str, int], tier: str) -> BpfObject:
-        obj = BpfObject(object_bytes()).open()
+        obj = BpfObject(object_bytes(), btf_custom_path=self.core_btf_path()).open()
         try:
             obj.set_autoload(set(programs))
             first = self.obj
@@ -213,8 +262,8 @@ class Loader:
                     if "." not in name:
                         m.reuse_fd(first.maps[name].fd)
             else:
-                obj.maps["files"].set_max_entries(self.cfg.max_files)
-            slow_ns = round((self.cfg.slow_ms or 0) * 1e6)
+                obj.maps["files"].set_max_entries(self.cfg.collection.max_files)
+            slow_ns = round(self.cfg.trace.min_latency * 1e6) if self.events else 0
             obj.set_rodata(
                 R.pack_config(
                     os.getpid(),
@@ -222,10 +271,9 @@ class Loader:
                     slow_ns,
                     system.o_direct(),
                     offsets,
-                    self.cfg.filter_pid or 0,
-                    self.cfg.filter_comm or "",
                 )
             )
+            obj.set_initial(".data", self._pack_live())
             obj.load()
             check_layouts(obj.maps)
             for name in programs:
@@ -253,7 +301,7 @@ class Loader:
             return True
         assert self.tracefs is not None, "set tracefs first (Agent.preflight)"
         self._cgroup_filter_on = cgroup_filter
-        mods = system.modules(self.tracefs)
+        mods = system.modules(self.tracefs, self.btf_source)
         if not mods.ready:
             if not self._waiting_logged:
                 missing = [n for n, ok in (("sunrpc", mods.sunrpc), ("nfs", mods.nfs)) if not ok]
@@ -264,11 +312,16 @@ class Loader:
                 self._waiting_logged = True
             return False
         t0 = time.monotonic()
-        tier = tiers.tier_for(self.cfg.tier, mods.have_module_btf)
+        tier = tiers.tier_for(self.cfg.collection.tier, mods.have_module_btf, mods.attach_btf_missing)
         self.preemption = system.preemption()
         self.counting = choose_counting(self.cfg, tier, self.preemption)
         self.plan = tiers.plan(
-            self.cfg.tier, mods.have_module_btf, self.tracefs, mods.loaded, self.counting.method
+            self.cfg.collection.tier,
+            mods.have_module_btf,
+            self.tracefs,
+            mods.loaded,
+            self.counting.method,
+            mods.attach_btf_missing,
         )
         self.log(self.plan.describe())
         self.log(self.counting.describe())
@@ -303,12 +356,19 @@ class Loader:
         plan = self.plan
         if plan is None or not plan.deferred or self.tracefs is None or self.counting is None:
             return
-        mods = system.modules(self.tracefs)
+        mods = system.modules(self.tracefs, self.btf_source)
         ready = [m for m in plan.deferred if m in mods.loaded]
         if not ready:
             return
         method = self.counting.method
-        full = tiers.plan(self.cfg.tier, mods.have_module_btf, self.tracefs, mods.loaded, method)
+        full = tiers.plan(
+            self.cfg.collection.tier,
+            mods.have_module_btf,
+            self.tracefs,
+            mods.loaded,
+            method,
+            mods.attach_btf_missing,
+        )
         progs = tuple(p for m in ready for p in plan.deferred[m])
         progs = self._usable(progs, plan.tier)
         obj = self._load(progs, full.offsets, plan.tier)
@@ -349,9 +409,28 @@ class Loader:
         self._stats_fd = fd
         return True
 
+    def core_btf_path(self) -> Path | None:
+        """The BTF file CO-RE relocates against: None for the kernel's own (libbpf finds
+        vmlinux and module BTF itself); else vmlinux and the NFS modules' BTF of the
+        source merged into one file, rebuilt when module BTF appears or changes."""
+        if not self.btf_source.custom:
+            return None
+        if self._core_btf is None or self._core_btf.source != self.btf_source:
+            if self._core_btf is not None:
+                self._core_btf.close()
+            self._core_btf = btf.CoreBtf(self.btf_source)
+        try:
+            if self._core_btf.refresh():
+                self.log(self._core_btf.describe())
+        except btf.BtfError as e:
+            raise LoadError(str(e)) from None
+        return self._core_btf.path
+
     def close(self) -> None:
         while self.objs:
             self.objs.pop().close()
+        if self._core_btf is not None:
+            self._core_btf.close()
         if self._stats_fd >= 0:
             os.close(self._stats_fd)
             self._stats_fd = -1

@@ -9,13 +9,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bpfnfs.probes.btf import SYSFS_BTF, BtfSource, base_mismatch, file_problem
 from bpfnfs.probes.tracefs import tracefs_root
 
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
 
-BTF_DIR = Path("/sys/kernel/btf")
+BTF_DIR = SYSFS_BTF
 
 
 class RequirementError(Exception):
@@ -48,11 +49,40 @@ def check_privileges(caps: int | None = None) -> None:
     )
 
 
-def check_vmlinux_btf(btf_dir: Path = BTF_DIR) -> None:
-    if not (btf_dir / "vmlinux").is_file():
+def _source(btf: BtfSource | Path | None) -> BtfSource:
+    """A BtfSource; a bare Path is a directory standing for /sys/kernel/btf."""
+    if isinstance(btf, Path):
+        return BtfSource(module_dir=btf, sysfs=btf)
+    return btf if btf is not None else BtfSource()
+
+
+def check_vmlinux_btf(btf: BtfSource | Path | None = None) -> None:
+    """vmlinux BTF for CO-RE: btf.kernel if set (readable, BTF, and fitting the module
+    BTF of btf.model_dir), else the kernel's own."""
+    src = _source(btf)
+    if src.module_dir != src.sysfs and not src.module_dir.is_dir():
         raise RequirementError(
-            f"the kernel exposes no BTF ({btf_dir}/vmlinux is missing): bpfnfs needs a kernel built with "
-            "CONFIG_DEBUG_INFO_BTF=y (Debian 11+, Ubuntu 20.10+, RHEL 8.2+ have it)"
+            f"btf.model_dir {src.module_dir} is not a directory; set it to where module BTF is"
+        )
+    if src.kernel is not None:
+        problem = file_problem(src.kernel)
+        if problem is not None:
+            raise RequirementError(
+                f"btf.kernel {src.kernel}: {problem}; it must be a vmlinux BTF file for this kernel "
+                "(pahole --btf_encode_detached vmlinux.btf vmlinux, or BTFHub: "
+                "https://github.com/aquasecurity/btfhub-archive)"
+            )
+        mismatch = base_mismatch(src)
+        if mismatch is not None:
+            raise RequirementError(mismatch)
+        return
+    if not (src.sysfs / "vmlinux").is_file():
+        raise RequirementError(
+            f"the kernel exposes no BTF ({src.sysfs}/vmlinux is missing) and btf.kernel is not set: "
+            "bpfnfs needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian 11+, Ubuntu 20.10+, RHEL 8.2+ "
+            "have it), or a vmlinux BTF file for this kernel named by btf.kernel in the config file: make "
+            "one from the kernel's debug vmlinux with `pahole --btf_encode_detached vmlinux.btf vmlinux`, "
+            "or download it from BTFHub (https://github.com/aquasecurity/btfhub-archive)"
         )
 
 
@@ -72,9 +102,12 @@ class Modules:
 
     sunrpc: bool
     nfs: bool
-    sunrpc_btf: bool
+    sunrpc_btf: bool  # module BTF in btf.model_dir (default: the kernel's own)
     nfs_btf: bool
     nfsv4: bool = False
+    # Why tp_btf and fentry/fexit cannot attach here (None: they can): libbpf finds their
+    # targets only in the kernel's own BTF, never in btf.kernel or btf.model_dir.
+    attach_btf_missing: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -97,14 +130,33 @@ def _module_btf(name: str, btf_dir: Path) -> bool:
     return Path(f"/sys/module/{name}").is_dir() and not Path(f"/sys/module/{name}/initstate").exists()
 
 
-def modules(tracefs: Path, btf_dir: Path = BTF_DIR) -> Modules:
+def attach_btf_missing(btf: BtfSource | Path | None = None) -> str | None:
+    """Why the kernel's own BTF cannot serve tp_btf and fentry/fexit attach targets
+    (None: it can). libbpf resolves them in the kernel's vmlinux BTF, found at
+    /sys/kernel/btf/vmlinux, and in the kernel's module BTF; btf_custom_path is for
+    CO-RE only. Module BTF from elsewhere (btf.model_dir) is not the kernel's."""
+    src = _source(btf)
+    if not (src.sysfs / "vmlinux").is_file():
+        return f"the kernel exposes no BTF of its own ({src.sysfs}/vmlinux is missing)"
+    if src.module_dir != src.sysfs:
+        missing = [m for m in ("sunrpc", "nfs") if not _module_btf(m, src.sysfs)]
+        if missing:
+            return f"the kernel exposes no module BTF of its own for {' and '.join(missing)} in {src.sysfs}"
+    return None
+
+
+def modules(tracefs: Path, btf: BtfSource | Path | None = None) -> Modules:
+    """Which NFS client modules are live (tracefs), whether their BTF is in the source's
+    module_dir, and whether the kernel's own BTF can attach tracing programs."""
+    src = _source(btf)
     ev = tracefs / "events"
     return Modules(
         sunrpc=(ev / "sunrpc" / "rpc_stats_latency").is_dir(),
         nfs=(ev / "nfs" / "nfs_readpage_done").is_dir(),
-        sunrpc_btf=_module_btf("sunrpc", btf_dir),
-        nfs_btf=_module_btf("nfs", btf_dir),
+        sunrpc_btf=_module_btf("sunrpc", src.module_dir),
+        nfs_btf=_module_btf("nfs", src.module_dir),
         nfsv4=(ev / "nfs4" / "nfs4_xdr_status").is_dir(),
+        attach_btf_missing=attach_btf_missing(src),
     )
 
 

@@ -143,8 +143,12 @@ def _offsets(
     return out
 
 
-def tier_for(requested: str, have_module_btf: bool) -> str:
-    """The tier (auto|btf|tracefs requested) this kernel gets."""
+def tier_for(requested: str, have_module_btf: bool, attach_btf_missing: str | None = None) -> str:
+    """The tier (auto|btf|tracefs requested) this kernel gets.
+
+    attach_btf_missing: why the kernel's own BTF cannot attach tp_btf and fentry
+    programs (system.attach_btf_missing), None when it can. A btf.kernel file serves
+    CO-RE only, so without the kernel's own BTF only the tracefs tier is left."""
     if requested not in ("auto", *TIERS):
         raise TierError(f"unknown tier {requested!r}; choose auto, btf or tracefs")
     if requested == "btf" and not have_module_btf:
@@ -152,7 +156,13 @@ def tier_for(requested: str, have_module_btf: bool) -> str:
             "tier btf needs module BTF for sunrpc and nfs (/sys/kernel/btf/{sunrpc,nfs}); this kernel has "
             "none (CONFIG_DEBUG_INFO_BTF_MODULES is off): use --tier tracefs or auto"
         )
-    return "btf" if requested == "btf" or (requested == "auto" and have_module_btf) else "tracefs"
+    if requested == "btf" and attach_btf_missing is not None:
+        raise TierError(
+            f"tier btf attaches tp_btf and fentry programs, which needs the kernel's own BTF: "
+            f"{attach_btf_missing} (btf.kernel serves CO-RE relocations only): use --tier tracefs or auto"
+        )
+    usable = have_module_btf and attach_btf_missing is None
+    return "btf" if requested == "btf" or (requested == "auto" and usable) else "tracefs"
 
 
 def plan(
@@ -161,6 +171,7 @@ def plan(
     tracefs: Path | None,
     loaded: frozenset[str] = frozenset({"sunrpc", "nfs", "nfsv4"}),
     method: str = "fentry",
+    attach_btf_missing: str | None = None,
 ) -> TierPlan:
     """Choose the tier (requested: auto|btf|tracefs) and compute tracefs offsets.
 
@@ -168,8 +179,8 @@ def plan(
     deferred until their module appears (nfsv4 is often loaded by the first
     v4 mount, after the agent started). method: the counting method (fentry:
     tp_btf and fentry/fexit; kprobe: classic tracepoints and kprobes), which
-    the tracefs tier always uses."""
-    tier = tier_for(requested, have_module_btf)
+    the tracefs tier always uses. attach_btf_missing: as for tier_for."""
+    tier = tier_for(requested, have_module_btf, attach_btf_missing)
     offsets = _offsets(COMMON_FIELDS, tracefs)
     if tier == "btf":
         reason = (
@@ -178,12 +189,18 @@ def plan(
             else "requested with --tier btf"
         )
     else:
-        reason = (
-            "no module BTF for sunrpc/nfs (CONFIG_DEBUG_INFO_BTF_MODULES off), so tracepoint fields are read "
-            "at tracefs format offsets and the NFS file operations through kprobes"
-            if requested == "auto"
-            else "requested with --tier tracefs"
+        how = (
+            "tracepoint fields are read at tracefs format offsets and the NFS file operations through kprobes"
         )
+        if requested != "auto":
+            reason = "requested with --tier tracefs"
+        elif have_module_btf and attach_btf_missing is not None:
+            reason = (
+                f"tier btf is impossible: {attach_btf_missing}, and tp_btf and fentry programs attach only "
+                f"through it (btf.kernel and btf.model_dir serve CO-RE relocations only), so {how}"
+            )
+        else:
+            reason = f"no module BTF for sunrpc/nfs (CONFIG_DEBUG_INFO_BTF_MODULES off), so {how}"
         method = "kprobe"
     if method == "kprobe":
         offsets |= _offsets(TRACEFS_FIELDS, tracefs)

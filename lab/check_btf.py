@@ -29,7 +29,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from bpfnfs.agent import Agent
 from bpfnfs.config import Config
@@ -37,6 +36,7 @@ from bpfnfs.probes import system, tiers
 from bpfnfs.probes.btf import SYSFS_BTF, BtfSource
 from bpfnfs.probes.system import RequirementError
 from lab.check import MOUNTS, compare, stable_pair, workload
+from lab.check_cli import Checks
 
 COPY = Path("/tmp/btf")
 MODULES = ("sunrpc", "nfs", "nfsv3", "nfsv4", "lockd", "nfs_acl", "auth_rpcgss", "grace")
@@ -44,19 +44,6 @@ MODULES = ("sunrpc", "nfs", "nfsv3", "nfsv4", "lockd", "nfs_acl", "auth_rpcgss",
 
 def log(msg: str) -> None:
     print(f"lab.check_btf: {msg}", flush=True)
-
-
-class Checks:
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    def add(self, name: str, ok: bool, detail: Any = None) -> None:
-        self.items.append({"check": name, "ok": bool(ok), "detail": detail})
-        log(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if not ok and detail is not None else ""))
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for c in self.items if not c["ok"])
 
 
 def copy_btf() -> list[str]:
@@ -140,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.ismount(mp):
             log(f"{mp} is not mounted")
             return 1
-    c = Checks()
+    c = Checks("lab.check_btf")
     copied = copy_btf()
     c.add(
         "module BTF of sunrpc, nfs, nfsv3, nfsv4 copied",

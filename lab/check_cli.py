@@ -34,12 +34,16 @@ def our_programs() -> list[str]:
 
 
 class Checks:
-    def __init__(self) -> None:
+    """Named pass/fail checks of one guest program, logged as they are added."""
+
+    def __init__(self, prog: str = "lab.check_cli") -> None:
+        self.prog = prog
         self.items: list[dict[str, Any]] = []
 
     def add(self, name: str, ok: bool, detail: Any = None) -> None:
         self.items.append({"check": name, "ok": bool(ok), "detail": detail})
-        log(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if not ok and detail is not None else ""))
+        line = f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if not ok and detail is not None else "")
+        print(f"{self.prog}: {line}", flush=True)
 
     @property
     def failed(self) -> int:

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     out: Path = ns.out / "config"
     out.mkdir(parents=True, exist_ok=True)
-    c = Checks()
+    c = Checks("lab.check_config")
     mount_by_name(c)
     try:
         original(c, out)

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lab.check_top")
     ap.add_argument("--out", type=Path, required=True)
     ns = ap.parse_args(argv)
-    c = Checks()
+    c = Checks("lab.check_top")
     check_top(c, ns.out)
     (ns.out / "top.json").write_text(json.dumps({"checks": c.items, "failed": c.failed}, indent=1))
     log(f"top: {len(c.items)} checks, {c.failed} failed")

@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    c = Checks()
+    c = Checks("lab.check_views")
     agent = start(
         [*BPFNFS, "run", "--listen", f"127.0.0.1:{PORT}", "--quiet", "-i", str(INTERVAL_S)], out, "exporter"
     )

@@ -436,6 +436,8 @@ RESTART_KEYS = (
     "btf.model_dir",
     "metrics.listen",
     "metrics.compat",
+    "metrics.pid_labels",  # the label set of every per-process family
+    "kubernetes.node_name",
     "pprof.enable",
     "pprof.listen",
     "probing.all_kmods",

@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--suites", default=os.environ.get("BENCH_SUITES", "bookworm"), help="kernels (default: bookworm)"
     )
-    p.add_argument("--smoke", action="store_true", help="one repetition, small sizes (what make test runs)")
+    p.add_argument("--smoke", action="store_true", help="one repetition, small sizes (make bench-smoke)")
     p.add_argument("--reps", type=int, default=5, help="repetitions of each configuration (default 5)")
     p.add_argument("--out", type=Path, default=REPO / "build" / "bench")
     p.add_argument("--docs", type=Path, default=DOCS, help="Markdown file whose results section is rewritten")

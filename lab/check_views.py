@@ -286,8 +286,9 @@ def check_prometheus(c: Checks, out: Path) -> bool:
         queries = dashboard_queries(ROOT / "deploy/grafana/bpfnfs.json", rate_interval="1m")
         for title, expr in queries:
             try:
-                # One slow scrape (TCG) marks every series stale until the next: retry across one.
-                for _ in range(3):
+                # A slow scrape (TCG) marks every series stale until the next: retry across two
+                # (seen on 7.3.4 under a loaded host: one query empty at its three tries over 1.5 scrapes).
+                for _ in range(6):
                     if promql(expr):
                         break
                     time.sleep(SCRAPE_S / 2)

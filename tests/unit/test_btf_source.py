@@ -25,14 +25,6 @@ SYSFS_VMLINUX = Path("/sys/kernel/btf/vmlinux")
 KIND_STRUCT, KIND_PTR, KIND_FUNC = 4, 2, 12
 
 
-@pytest.fixture
-def lib() -> lb.Libbpf:
-    try:
-        return lb.libbpf()
-    except lb.LibbpfError as e:
-        pytest.skip(str(e))
-
-
 class Writer:
     """libbpf's BTF writer on a handle of its own (argtypes here leave bpfnfs's alone)."""
 

@@ -5,17 +5,7 @@ from __future__ import annotations
 
 import ctypes
 
-import pytest
-
 from bpfnfs.loader import libbpf as lb
-
-
-@pytest.fixture
-def lib() -> lb.Libbpf:
-    try:
-        return lb.libbpf()
-    except lb.LibbpfError as e:
-        pytest.skip(str(e))
 
 
 def test_debug_lines_dropped_unformatted(lib: lb.Libbpf) -> None:

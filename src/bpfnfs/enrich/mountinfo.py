@@ -131,11 +131,7 @@ class Mount:
         """
         if not self.is_nfs:
             return None
-        addr = self.super_options.get("addr")
-        if addr:
-            return addr
-        host, _ = _split_nfs_source(self.source)
-        return host
+        return self.super_options.get("addr") or self.source_host
 
     @property
     def source_host(self) -> str | None:

@@ -294,9 +294,11 @@ def file_and_reload(c: Checks, out: Path) -> None:
         rc = stop(p)
         took = time.monotonic() - t2
         base = STOP_SECONDS[0] if STOP_SECONDS else 3.0
+        # A lookup the exit waited for would add the resolver's 2 x 5 s; TCG's own jitter with
+        # two guests on two cores is about a second (CI saw 4.1 s against 3.05 s).
         c.add(
-            "silent resolver: SIGTERM exits 0 as fast as without DNS (+1 s)",
-            rc == 0 and took < base + 1.0,
+            "silent resolver: SIGTERM exits 0 as fast as without DNS (+3 s)",
+            rc == 0 and took < base + 3.0,
             (rc, round(took, 2), round(base, 2)),
         )
         log(f"silent resolver window from {t1:.0f}: {gaps}")

@@ -17,6 +17,8 @@ from bpfnfs.collect.views import Report, build_report
 from bpfnfs.config import Config, ConfigError
 from bpfnfs.enrich import cgroups
 from bpfnfs.enrich.dns import DnsCache, with_dns
+from bpfnfs.enrich.hostns import host_view
+from bpfnfs.enrich.identity import IdentityResolver
 from bpfnfs.enrich.mounts import MountRegistry, client_transports
 from bpfnfs.loader.libbpf import libbpf
 from bpfnfs.loader.object import BpfObject, LoadError, kprobe_misses
@@ -40,13 +42,17 @@ class Agent:
         self.tracefs: Path | None = None
         btf_source = BtfSource(kernel=cfg.btf.kernel, module_dir=cfg.btf.model_dir)
         self.loader = Loader(cfg, log, events, btf_source=btf_source)
-        self.mounts = MountRegistry(None, proc=cfg.collection.proc, log=log)
+        self.view = host_view(cfg.collection.proc)  # the node's mounts, also from a container
+        if self.view.in_container:
+            log(f"reading the node's mounts and cgroups through {self.view.proc}/1 ({self.view.reason})")
+        self.mounts = MountRegistry(None, view=self.view, log=log)
         self.paths: dict[FileKey, tuple[str, bool]] = {}  # (path below the superblock root, truncated)
         self.events: deque[tuple[object, ...]] = deque(maxlen=MAX_EVENTS)
         self.events_overflow = 0
         self.ring: RingBuffer | None = None
-        self.cgroup_root = cgroups.cgroup2_root(cfg.collection.proc)
+        self.cgroup_root = cgroups.cgroup2_root(self.view)
         self.cgroups = cgroups.CgroupResolver(self.cgroup_root)
+        self.identity = IdentityResolver(self.cgroups.path)  # cgroup id -> cgroup, pod, container
         self._cgroup_filter: Path | None = None
         self._filter_ids: set[int] = set()
         self._no_mounts_logged = False
@@ -232,6 +238,8 @@ class Agent:
         self.drain()
         self._retire({nm.mount.dev for nm in self.mounts.nfs_list()})
         snap = read_snapshot(self.obj.maps)
+        # Removed cgroups keep their last identity only while the kernel still counts them.
+        self.identity.forget({k.cgroup_id for k in snap.vfs} | {k.cgroup_id for k in snap.owners})
         snap.programs = self.loader.program_stats()
         snap.hooks = hook_losses(snap.programs, snap.programs)
         snap.counters["file_evictions"] = max(

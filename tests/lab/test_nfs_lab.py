@@ -9,7 +9,9 @@ NFSv3 and an NFSv4.2 mount; on the preemptible kernels from three workers at
 once, next to the old counting method, which must lose events and report
 them), lab.check_cli (the command as a person runs it), lab.check_views and
 lab.check_client; on 5.10, 6.1 and 6.12 also lab.check_config (the
-configuration file, SIGHUP, DNS) and on 6.1 lab.check_btf (BTF from files).
+configuration file, SIGHUP, DNS), on 6.1 lab.check_btf (BTF from files), and
+on 6.12 with preempt=full lab.check_dead (the node's mounts from another mount
+namespace, and an NFS server that dies under a running agent).
 Three more VMs (bookworm, and the two preemptible kernels) boot without NFS to
 check that bpfnfs waits and attaches when the modules load. lab.check_client
 checks the client picture: per-process and per-cgroup syscall counts,
@@ -71,6 +73,9 @@ CONFIG_SUITES = ("bullseye", "bookworm", "trixie")
 # a long run, so not in make test, whose budget is 60 minutes on two cores).
 BENCH_SMOKE = os.environ.get("LAB_BENCH_SMOKE") == "1"
 BTF_SUITES = ("bookworm",)  # module BTF there, so hiding it changes the tier
+# The node's view from a mount namespace of its own, and an NFS server that dies under a running
+# agent (lab.check_dead): on the newest code paths (full preemption), the shortest boot.
+DEAD_SUITES = ("trixie-preempt",)
 
 
 def _guest_cmd(suite: str, out: Path, late: bool) -> str:
@@ -83,6 +88,8 @@ def _guest_cmd(suite: str, out: Path, late: bool) -> str:
         config += f"{VENV_PY} -m lab.check_config --out {out} || rc=${{rc:-$?}}; "
     if suite in BTF_SUITES:  # last: it hides /sys/kernel/btf under a tmpfs
         config += f"{VENV_PY} -m lab.check_btf --skip-btf-tier --out {out} || rc=${{rc:-$?}}; "
+    if suite in DEAD_SUITES:  # last: it stops and restarts nfsd
+        config += f"{VENV_PY} -m lab.check_dead --out {out} || rc=${{rc:-$?}}; "
     return (
         f'rc=""; {VENV_PY} -m lab.check --out {out} || rc=$?; '
         f"{VENV_PY} -m lab.check_client --out {out} --files {files} || rc=${{rc:-$?}}; "
@@ -277,6 +284,22 @@ def test_custom_btf(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
     r = _load(OUT / suite / "btf.json")
     bad = [x for x in r["checks"] if not x["ok"]]
     assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}"
+
+
+@pytest.mark.parametrize("suite", DEAD_SUITES)
+def test_dead_server_and_container_view(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
+    """In a mount namespace without the NFS mounts, bpfnfs reads and probes the node's through
+    /proc/1. With nfsd stopped under hard v3 and v4.2 mounts: reports keep their 2 s spacing,
+    /metrics answers, the mounts are listed as not responding, SIGINT and SIGTERM end bpfnfs as
+    on a live server; when nfsd returns the mounts are mapped while it runs (lab.check_dead)."""
+    if (suite, False) not in lab_runs:
+        pytest.skip(f"{suite} not in LAB_SUITES")
+    r = _load(OUT / suite / "dead.json")
+    bad = [x for x in r["checks"] if not x["ok"]]
+    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}"
+    names = " ".join(x["check"] for x in r["checks"])
+    for what in ("own mount namespace", "dead server: SIGINT", "server back: SIGTERM", "reports keep"):
+        assert what in names, f"scenario missing: {what}"
 
 
 @pytest.mark.parametrize("suite", LATE)

@@ -19,7 +19,7 @@ from bpfnfs.probes.system import RequirementError, check_privileges, check_vmlin
         ["--tier", "bogus"],
         ["--bogus"],
         ["run", "-c", "-1"],
-        ["--by", "pod"],
+        ["--by", "container"],
         ["--pid", "0"],
         ["--pid", "abc"],
         ["--comm", "a-command-name-longer-than-15"],

@@ -18,6 +18,7 @@ from bpfnfs.collect.snapshot import (
 )
 from bpfnfs.collect.views import build_report, diff_report, file_rows, identity_rows
 from bpfnfs.enrich.cgroups import CgroupError, CgroupResolver, resolve_filter, subtree_ids
+from bpfnfs.enrich.identity import IdentityResolver, PodMeta
 from bpfnfs.enrich.mountinfo import Mount
 from bpfnfs.enrich.mounts import NfsMount
 
@@ -48,14 +49,35 @@ def _snap() -> Snapshot:
 def test_identity_rows_by_process_and_cgroup() -> None:
     rep = build_report(_snap(), [_mount()])
     m = rep.mounts[0]
-    procs = {r["name"]: r for r in identity_rows(m, "process", lambda cg: None)}
+    procs = {r["name"]: r for r in identity_rows(m, "process", IdentityResolver(lambda cg: None).of)}
     assert procs["fio [100]"]["write_bytes"] == 4096
     assert procs["fio [100]"]["wire_write_bytes"] == 4096
     assert procs["cat [101]"]["errors"] == 1
     assert procs["(unattributed)"]["wire_write_bytes"] == 10
-    cgs = {r["cgroup_id"]: r for r in identity_rows(m, "cgroup", {11: "/pod-a"}.get)}
+    cgs = {r["cgroup_id"]: r for r in identity_rows(m, "cgroup", IdentityResolver({11: "/pod-a"}.get).of)}
     assert cgs[11]["name"] == "/pod-a"
     assert cgs[22]["name"] == "cgroup 22 (removed)"
+
+
+def test_identity_rows_by_pod() -> None:
+    """Rows per pod from the cgroup path (two containers of one pod are one row), names from
+    the pod index; a process outside pods is its own row; a removed pod keeps its name."""
+    uid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+    paths = {11: f"/kubepods/burstable/pod{uid}/{'a' * 64}", 22: f"/kubepods/burstable/pod{uid}/{'b' * 64}"}
+
+    class Pods:
+        def pod(self, u: str) -> PodMeta | None:
+            return PodMeta(uid, "shop", "cart", {}) if u == uid else None
+
+    m = build_report(_snap(), [_mount()]).mounts[0]
+    rows = {r["name"]: r for r in identity_rows(m, "pod", IdentityResolver(paths.get, Pods()).of)}
+    assert set(rows) == {"shop/cart", "(unattributed)"}
+    assert rows["shop/cart"]["write_bytes"] == 4096 and rows["shop/cart"]["pod_uid"] == uid
+    assert (rows["shop/cart"]["namespace"], rows["shop/cart"]["pod"]) == ("shop", "cart")
+    no_api = {r["name"] for r in identity_rows(m, "pod", IdentityResolver(paths.get).of)}
+    assert uid in no_api  # the UID from the cgroup path when the API gave no name
+    outside = {r["name"] for r in identity_rows(m, "pod", IdentityResolver({11: "/system.slice/x"}.get).of)}
+    assert "(not in a pod)" in outside
 
 
 def test_errors_named_per_layer() -> None:
@@ -80,7 +102,7 @@ def test_interval_diff_drops_idle_rows() -> None:
     a = build_report(_snap(), [_mount()])
     b = build_report(_snap(), [_mount()])
     d = diff_report(b, a)[0]
-    assert identity_rows(d, "process", lambda cg: None) == []
+    assert identity_rows(d, "process", IdentityResolver(lambda cg: None).of) == []
     assert file_rows(d, {}, 10, "ops") == []
     assert d.errors_by_op() == {}
 

@@ -192,7 +192,7 @@ MALFORMED: list[tuple[str, bytes | str, str]] = [
     ("comm too long", "filter:\n  comm: a-very-long-command-name\n", "filter.comm"),
     ("mount relative", "filter:\n  mount: mnt/nfs\n", "filter.mount"),
     ("server bad", 'filter:\n  server: "bad host!"\n', "filter.server"),
-    ("by", "view:\n  by: pod\n", "view.by"),
+    ("by", "view:\n  by: container\n", "view.by"),
     ("output type", "output:\n  type: syslog\n", "output.type"),
     ("otlp timeout", "output:\n  otlp:\n    timeout: soon\n", "output.otlp.timeout"),
     ("otlp headers list", "output:\n  otlp:\n    headers: [a, b]\n", "output.otlp.headers"),

@@ -114,7 +114,6 @@ def test_server_info_series_and_stable_labels_elsewhere() -> None:
     cache.close()
 
 
-
 def test_mounted_by_name_keeps_that_name_and_the_kernels_address() -> None:
     """A mount of nas1:/export (addr=10.0.0.1): the name as mounted and addr= need no DNS."""
 

@@ -34,6 +34,7 @@ from bpfnfs.collect.snapshot import (
 )
 from bpfnfs.collect.views import Report, build_report, diff_report
 from bpfnfs.config import Config
+from bpfnfs.enrich.identity import IdentityResolver
 from bpfnfs.enrich.mountinfo import Mount
 from bpfnfs.enrich.mounts import NfsMount
 
@@ -168,7 +169,7 @@ def test_header_names_tier_interval_view_sort_and_keys() -> None:
     assert head.startswith("bpfnfs top") and "tier btf" in head and "interval 0.5 s" in head
     assert "view files" in head and "sort latency" in head
     keys = text.splitlines()[1]
-    for k in ("m mounts", "o ops", "p processes", "c cgroups", "f files", "s sort", "q quit"):
+    for k in ("m mounts", "o ops", "p processes", "c cgroups", "k pods", "f files", "s sort", "q quit"):
         assert k in keys
 
 
@@ -214,11 +215,13 @@ def test_process_view_rows_order_and_filter() -> None:
 
 
 def test_cgroup_view_names_paths() -> None:
-    text = _view("cgroup", cgroup_path={11: "/pod-a"}.get)
+    text = _view("cgroup", identity=IdentityResolver({11: "/pod-a"}.get).of)
     assert _line(text, "/pod-a")[:2] == ["/pod-a", "50.0"]
     assert "cgroup 22 (removed)" in text
     kept = _view(
-        "cgroup", cgroup_path={11: "/pod-a"}.get, rows_filter=T.RowFilter(cgroup_ids=frozenset({22}))
+        "cgroup",
+        identity=IdentityResolver({11: "/pod-a"}.get).of,
+        rows_filter=T.RowFilter(cgroup_ids=frozenset({22})),
     )
     assert "/pod-a" not in kept and "cgroup 22" in kept
 
@@ -306,6 +309,7 @@ class FakeAgent:
     tier: str = "btf"
     attached_at: float = 9.0
     cgroups: _Cgroups = field(default_factory=_Cgroups)
+    identity: IdentityResolver = field(default_factory=lambda: IdentityResolver(lambda _cg: None))
     cgroup_filter_ids: set[int] = field(default_factory=set)
     closed: bool = False
     collects: int = 0

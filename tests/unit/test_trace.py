@@ -11,6 +11,7 @@ from bpfnfs.cli.main import parse_args
 from bpfnfs.cli.trace import HEADER, Tracer
 from bpfnfs.collect import records as R
 from bpfnfs.config import Config
+from bpfnfs.enrich.identity import IdentityResolver
 from bpfnfs.enrich.mountinfo import Mount
 from bpfnfs.enrich.mounts import NfsMount
 
@@ -43,8 +44,11 @@ def test_vfs_event_line_and_json() -> None:
     assert (op.op, op.file, op.mount, op.bytes, op.errno) == ("read", "/mnt/a/dir/f", "/mnt/a", 4096, None)
     line = op.line().split()
     assert line[1:7] == ["dd", "1234", "read", "250.000", "4096", "-"] and line[7] == "/mnt/a/dir/f"
-    d = json.loads(json.dumps(op.as_dict("/pod")))
-    assert d["latency_ms"] == 250.0 and d["cgroup"] == "/pod" and d["fileid"] == 42
+    uid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+    ident = IdentityResolver({9: f"/kubepods/pod{uid}/{'c' * 64}"}.get).of(9)
+    d = json.loads(json.dumps(op.as_dict(ident)))
+    assert d["latency_ms"] == 250.0 and d["cgroup"] == f"/kubepods/pod{uid}/{'c' * 64}" and d["fileid"] == 42
+    assert d["pod_uid"] == uid and d["container_id"] == "c" * 64
     assert HEADER.split()[:4] == ["TIME", "COMM", "PID", "OP"]
 
 

@@ -22,6 +22,7 @@ from bpfnfs.cli.table import format_errors, format_files, format_identities, for
 from bpfnfs.collect.losses import loss_notes, losses_dict
 from bpfnfs.collect.snapshot import LayoutError
 from bpfnfs.collect.views import (
+    IDENTITY_VIEWS,
     MountReport,
     Report,
     diff_report,
@@ -79,7 +80,7 @@ def _self_counters(agent: Agent, rep: Report) -> dict[str, object]:
 def _rows(cfg: Config, agent: Agent, d: MountReport) -> list[dict[str, object]]:
     """Identity rows, with the filters applied to the billed wire I/O too (the kernel
     filters only the syscall side: READ/WRITE completions run in other tasks)."""
-    rows = identity_rows(d, cfg.view.by, agent.cgroups.path)
+    rows = identity_rows(d, cfg.view.by, agent.identity.of)
     if cfg.filter.comm is not None:
         rows = [r for r in rows if r.get("comm", cfg.filter.comm) == cfg.filter.comm]
     if cfg.filter.pid is not None and cfg.view.by == "process":
@@ -93,7 +94,7 @@ def _grouped(cfg: Config, agent: Agent, rep: Report, d: MountReport) -> dict[str
     """The --by view of one mount's interval, for JSON."""
     if cfg.view.by == "op":
         return {"vfs_ops": vfs_dict(d)}
-    if cfg.view.by in ("process", "cgroup"):
+    if cfg.view.by in IDENTITY_VIEWS:
         return {"rows": _rows(cfg, agent, d)}
     if cfg.view.by == "file":
         return {"files": file_rows(d, rep.paths, cfg.view.top, cfg.view.sort)}
@@ -147,8 +148,8 @@ def _emit(
         )
         if cfg.view.by == "op":
             out.extend(format_vfs_ops(d, seconds))
-        elif cfg.view.by in ("process", "cgroup"):
-            title = "process [pid]" if cfg.view.by == "process" else "cgroup"
+        elif cfg.view.by in IDENTITY_VIEWS:
+            title = {"process": "process [pid]", "cgroup": "cgroup", "pod": "namespace/pod"}[cfg.view.by]
             out.extend(format_identities(_rows(cfg, agent, d), seconds, title))
         else:
             out.extend(format_files(file_rows(d, rep.paths, cfg.view.top, cfg.view.sort), seconds))

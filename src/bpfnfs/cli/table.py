@@ -32,7 +32,8 @@ def format_mount(m: MountReport, seconds: float, tier: str | None, all_ops: bool
         f"wire write {io.server_write_bytes / kb:10.1f} kB/s",
     ]
     if not m.clients:
-        lines.append("   (RPC client not identified yet)")
+        why = "" if m.client_state in ("mapped", "probing") else f": {m.client_state}"
+        lines.append(f"   (RPC client not identified yet{why})")
         return lines
     ops = m.ops if all_ops else m.moving_ops()
     if not ops:

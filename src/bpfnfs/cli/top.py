@@ -34,11 +34,19 @@ from bpfnfs.collect.losses import loss_notes
 from bpfnfs.collect.snapshot import RpcOpStats
 from bpfnfs.collect.views import MountReport, Report, diff_report, file_rows, identity_rows
 from bpfnfs.config import SORT, Config
+from bpfnfs.enrich.identity import Identity
 
 EXIT_NO_TERMINAL = 2
 NO_TERMINAL = "bpfnfs top needs a terminal; use `bpfnfs stat` or `bpfnfs --json`"
-VIEW_KEYS = {"m": "mount", "o": "op", "p": "process", "c": "cgroup", "f": "file"}
-VIEW_NAMES = {"mount": "mounts", "op": "ops", "process": "processes", "cgroup": "cgroups", "file": "files"}
+VIEW_KEYS = {"m": "mount", "o": "op", "p": "process", "c": "cgroup", "k": "pod", "f": "file"}
+VIEW_NAMES = {
+    "mount": "mounts",
+    "op": "ops",
+    "process": "processes",
+    "cgroup": "cgroups",
+    "pod": "pods",
+    "file": "files",
+}
 WAITING = "waiting for NFS modules (sunrpc, nfs): bpfnfs attaches when an NFS client loads"
 MESSAGE_SECONDS = 10.0  # how long an agent message stays in the footer
 RESIZE_POLL = 0.5  # seconds: a resized terminal is redrawn at least this often
@@ -164,7 +172,8 @@ def _rpc_view(m: MountReport, sort: str, seconds: float) -> list[RenderableType]
         )
     ]
     if not m.clients:
-        return [*out, Text("  (RPC client not identified yet)", style="dim")]
+        why = "" if m.client_state in ("mapped", "probing") else f": {m.client_state}"
+        return [*out, Text(f"  (RPC client not identified yet{why})", style="dim")]
     ops = m.moving_ops()
     if not ops:
         return [*out, Text("  no activity", style="dim")]
@@ -253,14 +262,14 @@ def _identity_view(
     sort: str,
     seconds: float,
     top: int,
-    cgroup_path: Callable[[int], str | None],
+    identity: Callable[[int], Identity],
     rows_filter: RowFilter,
 ) -> list[RenderableType]:
-    rows = [r for r in identity_rows(m, by, cgroup_path) if rows_filter.keep(by, r)]
+    rows = [r for r in identity_rows(m, by, identity) if rows_filter.keep(by, r)]
     if not rows:
         return [Text("  no activity", style="dim")]
     rows.sort(key=_identity_key(sort))
-    t = _table("process [pid]" if by == "process" else "cgroup", *_IO_COLUMNS)
+    t = _table({"process": "process [pid]", "cgroup": "cgroup", "pod": "namespace/pod"}[by], *_IO_COLUMNS)
     for r in rows[:top]:
         t.add_row(
             Text(str(r["name"])),  # not markup: a comm or path may hold "[...]"
@@ -364,7 +373,7 @@ def render(
     tier: str | None = None,
     interval: float = 1.0,
     top: int = 20,
-    cgroup_path: Callable[[int], str | None] = lambda _cg: None,
+    identity: Callable[[int], Identity] = lambda cg: Identity(cg, None),
     rows_filter: RowFilter | None = None,
     filtered: bool = False,
     idle: str = WAITING,
@@ -389,8 +398,8 @@ def render(
             body.extend(_rpc_view(m, sort, seconds))
         elif view == "op":
             body.extend(_vfs_view(m, sort, seconds))
-        elif view in ("process", "cgroup"):
-            body.extend(_identity_view(m, view, sort, seconds, top, cgroup_path, rows_filter or RowFilter()))
+        elif view in ("process", "cgroup", "pod"):
+            body.extend(_identity_view(m, view, sort, seconds, top, identity, rows_filter or RowFilter()))
         else:
             body.extend(_file_view(m, rep.paths if rep else {}, sort, seconds, top))
     head = header(view, sort, tier, interval, stamp)
@@ -477,7 +486,7 @@ class _Top:
             tier=self.agent.tier,
             interval=cfg.collection.interval,
             top=cfg.view.top,
-            cgroup_path=self.agent.cgroups.path,
+            identity=self.agent.identity.of,
             rows_filter=RowFilter(cfg.filter.comm, cfg.filter.pid, frozenset(self.agent.cgroup_filter_ids)),
             filtered=bool(cfg.filter.mount or cfg.filter.server),
             idle=self.idle,

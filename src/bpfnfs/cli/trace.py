@@ -25,6 +25,7 @@ from bpfnfs.collect.errnames import errno_name
 from bpfnfs.collect.snapshot import read_snapshot
 from bpfnfs.collect.views import build_report, path_in_mount
 from bpfnfs.config import Config
+from bpfnfs.enrich.identity import Identity
 from bpfnfs.enrich.mounts import NfsMount, client_transports
 
 HEADER = f"{'TIME':<12} {'COMM':<16} {'PID':>7} {'OP':<12} {'LAT(ms)':>10} {'BYTES':>9} {'ERRNO':<10} FILE"
@@ -62,7 +63,7 @@ class SlowOp:
             f"{nbytes:>9} {self.errno or '-':<10} {where}"
         )
 
-    def as_dict(self, cgroup: str | None) -> dict[str, Any]:
+    def as_dict(self, ident: Identity | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {
             "time": datetime.fromtimestamp(self.wall).astimezone().isoformat(timespec="microseconds"),
             "kind": self.kind,
@@ -77,8 +78,10 @@ class SlowOp:
             "file": self.file,
             "fileid": self.fileid or None,
             "cgroup_id": self.cgroup_id,
-            "cgroup": cgroup,
+            "cgroup": ident.cgroup if ident is not None else None,
         }
+        if ident is not None:  # namespace, pod, pod_uid, container, container_id when known
+            d.update({k: v for k, v in ident.as_dict().items() if k not in ("cgroup_id", "cgroup")})
         if self.kind == "rpc":
             d.update(
                 queue_ms=round(self.queue_ns / 1e6, 6),
@@ -210,9 +213,7 @@ def run_trace(cfg: Config, agent_factory: Callable[..., Agent] = Agent) -> int:
                 if op is None:
                     continue
                 if cfg.view.format == "json":
-                    out.append(
-                        json.dumps(op.as_dict(agent.cgroups.path(op.cgroup_id)), separators=(",", ":"))
-                    )
+                    out.append(json.dumps(op.as_dict(agent.identity.of(op.cgroup_id)), separators=(",", ":")))
                 else:
                     out.append(op.line())
                 tracer.printed += 1

@@ -18,6 +18,7 @@ from bpfnfs.collect.snapshot import (
     VfsStats,
     accumulate,
 )
+from bpfnfs.enrich.identity import Identity
 from bpfnfs.enrich.mounts import NfsMount, client_chains
 
 VfsRow = tuple[str, int, int, str]  # (op, pid, cgroup_id, comm)
@@ -62,6 +63,7 @@ class MountReport:
     server_name: str | None = None  # from DNS (features.dns, enrich.dns.with_dns), once known
     server_address: str | None = None
     server_host: str | None = None  # the host as mounted (host:/export), a name or an address
+    client_state: str = "mapped"  # or why its RPC client is not known yet (enrich.mounts)
 
     def blank(self) -> MountReport:
         """The same mount with every counter at zero (what a new mount diffs against)."""
@@ -180,6 +182,7 @@ def build_report(
                 m.root or "/",
                 m.dev,
                 server_host=m.source_host,
+                client_state="mapped" if nm.clid is not None else nm.state,
             )
         )
     return Report(snap, out, unattributed, dict(paths or {}), dict(probe_failures or {}))
@@ -220,6 +223,7 @@ def mount_dict(m: MountReport, seconds: float | None = None) -> dict[str, Any]:
         "fstype": m.fstype,
         "dev": m.dev,
         "rpc_clients": m.clients,
+        "client_state": m.client_state,
         "io": m.io.as_dict(),
         "ops": {name: op_dict(s, seconds) for name, s in sorted(m.ops.items()) if s.ops},
         "errors": [
@@ -230,21 +234,31 @@ def mount_dict(m: MountReport, seconds: float | None = None) -> dict[str, Any]:
     }
 
 
-def identity_rows(m: MountReport, by: str, cgroup_path: Callable[[int], str | None]) -> list[dict[str, Any]]:
-    """Syscall-side ops and billed wire bytes per process (comm, pid) or per cgroup."""
+IDENTITY_VIEWS = ("process", "cgroup", "pod")
+NO_POD = "(not in a pod)"
+
+
+def identity_rows(m: MountReport, by: str, identity: Callable[[int], Identity]) -> list[dict[str, Any]]:
+    """Syscall-side ops and billed wire bytes per process (comm, pid), cgroup or pod.
+    `identity` is the one resolver of cgroup ids (enrich.identity.IdentityResolver.of)."""
     rows: dict[Any, dict[str, Any]] = {}
 
     def row(pid: int, cg: int, comm: str) -> dict[str, Any]:
-        key: Any = (comm, pid) if by == "process" else cg
+        ident = identity(cg) if by != "process" else None
+        key: Any = (comm, pid) if ident is None else cg if by == "cgroup" else ident.pod_label
         r = rows.get(key)
         if r is None:
-            if by == "process":
+            if ident is None:
                 name = f"{comm} [{pid}]" if pid else (comm or "(unattributed)")
                 r = {"name": name, "comm": comm, "pid": pid or None}
+            elif by == "cgroup":
+                name = ident.cgroup or f"cgroup {cg}" if cg else "(unattributed)"
+                if ident.removed:
+                    name += " (removed)"
+                r = {"name": name, **ident.as_dict()}
             else:
-                path = cgroup_path(cg) if cg else None
-                name = path or ("(unattributed)" if not cg else f"cgroup {cg} (removed)")
-                r = {"name": name, "cgroup_id": cg, "cgroup": path}
+                name = ident.pod_label or (NO_POD if cg else "(unattributed)")
+                r = {"name": name, **{k: getattr(ident, k) for k in ("namespace", "pod", "pod_uid")}}
             r.update(dict.fromkeys(IDENTITY_COUNTERS, 0))
             rows[key] = r
         return r

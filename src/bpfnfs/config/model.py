@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-BY = ("mount", "op", "process", "cgroup", "file")
+BY = ("mount", "op", "process", "cgroup", "pod", "file")
 COUNTING = ("auto", "fentry", "kprobe")
 SORT = ("ops", "bytes", "latency")
 TIERS = ("auto", "btf", "tracefs")
@@ -336,8 +336,10 @@ class Metrics(Section):
 class View(Section):
     """The table and JSON reports of run and stat, and top's starting view."""
 
-    by: Literal["mount", "op", "process", "cgroup", "file"] = Field(
-        "mount", description="Group by mount (RPC ops), op (syscall side), process, cgroup or file."
+    by: Literal["mount", "op", "process", "cgroup", "pod", "file"] = Field(
+        "mount",
+        description="Group by mount (RPC ops), op (syscall side), process, cgroup, pod (Kubernetes, "
+        "from the cgroup) or file.",
     )
     sort: Literal["ops", "bytes", "latency"] = Field("ops", description="Order of rows.")
     top: int = Field(20, ge=1, le=10000, description="Files per mount with by: file.")

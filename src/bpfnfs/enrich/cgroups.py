@@ -7,18 +7,22 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfnfs.enrich.mountinfo import MountinfoError, read_mountinfo
+from bpfnfs.enrich.hostns import HostView
+from bpfnfs.enrich.mountinfo import MountinfoError, parse_mountinfo
 
 
 class CgroupError(ValueError):
     """A --cgroup value that is not a cgroup v2 directory."""
 
 
-def cgroup2_root(proc: str = "/proc") -> Path | None:
+def cgroup2_root(view: HostView | None = None) -> Path | None:
+    """The node's cgroup2 mount, as this process reaches it (through pid 1's root from a
+    container, whose own /sys/fs/cgroup is usually a cgroup namespace of its subtree)."""
+    view = view or HostView()
     try:
-        for m in read_mountinfo("self", proc):
+        for m in parse_mountinfo(view.mountinfo.read_text(encoding="utf-8", errors="surrogateescape")):
             if m.fstype == "cgroup2":
-                return Path(m.mount_point)
+                return Path(view.path(m.mount_point))
     except (OSError, MountinfoError):
         pass
     return None

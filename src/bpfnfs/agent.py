@@ -4,6 +4,7 @@ per-mount reports with what the kernel skipped (collect/losses.py)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections import deque
@@ -19,6 +20,7 @@ from bpfnfs.enrich import cgroups
 from bpfnfs.enrich.dns import DnsCache, with_dns
 from bpfnfs.enrich.hostns import host_view
 from bpfnfs.enrich.identity import IdentityResolver
+from bpfnfs.enrich.k8s import PodWatcher
 from bpfnfs.enrich.mounts import MountRegistry, client_transports
 from bpfnfs.loader.libbpf import libbpf
 from bpfnfs.loader.object import BpfObject, LoadError, kprobe_misses
@@ -52,7 +54,14 @@ class Agent:
         self.ring: RingBuffer | None = None
         self.cgroup_root = cgroups.cgroup2_root(self.view)
         self.cgroups = cgroups.CgroupResolver(self.cgroup_root)
-        self.identity = IdentityResolver(self.cgroups.path)  # cgroup id -> cgroup, pod, container
+        self.pods: PodWatcher | None = None  # this node's pods, from the Kubernetes API
+        if cfg.kubernetes.enabled(os.environ):
+            node = cfg.kubernetes.node_name or os.uname().nodename
+            if cfg.kubernetes.node_name is None:
+                log(f"kubernetes.node_name (NODE_NAME) not set: watching the pods of node {node} (host name)")
+            kubeconfig = str(cfg.kubernetes.kubeconfig) if cfg.kubernetes.kubeconfig else None
+            self.pods = PodWatcher(node, kubeconfig, log=log)
+        self.identity = IdentityResolver(self.cgroups.path, self.pods)  # cgroup id -> cgroup, pod, container
         self._cgroup_filter: Path | None = None
         self._filter_ids: set[int] = set()
         self._no_mounts_logged = False
@@ -82,6 +91,8 @@ class Agent:
                 self._cgroup_filter = cgroups.resolve_filter(self.cfg.filter.cgroup, self.cgroup_root)
             except cgroups.CgroupError as e:
                 raise ConfigError(str(e)) from None
+        if self.pods is not None:
+            self.pods.start()  # off the collection path: names arrive when the API answers
 
     # ---- loading (probes/loading.py) ---------------------------------------------------------
 
@@ -292,6 +303,8 @@ class Agent:
     def close(self) -> None:
         if self.dns is not None:
             self.dns.close()
+        if self.pods is not None:
+            self.pods.close()
         self._stop.set()
         if self._drainer is not None:
             self._drainer.join(2 * DRAIN_PERIOD)

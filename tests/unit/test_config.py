@@ -352,7 +352,9 @@ def test_restart_keys_exist() -> None:
     for key in RESTART_KEYS:
         section, *rest = key.split(".")
         assert section in flat and rest, key
-        assert _get(Config(), key) is not None or key.endswith(("kernel", "listen", "path", "name")), key
+        assert _get(Config(), key) is not None or key.endswith(
+            ("kernel", "listen", "path", "name", "kubeconfig")
+        ), key
 
 
 def test_btf_kernel_accepts_a_btf_file(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from bpfnfs.collect.snapshot import ClientInfo, IoStats, RpcOpStats, Snapshot
 from bpfnfs.collect.views import Report, build_report, diff_report, mount_dict
 from bpfnfs.config import Config
 from bpfnfs.enrich.dns import DnsCache, with_dns
+from bpfnfs.enrich.identity import IdentityResolver
 from bpfnfs.enrich.mountinfo import Mount
 from bpfnfs.enrich.mounts import NfsMount
 from bpfnfs.export.prometheus import AgentStatus, BpfnfsCollector
@@ -95,7 +96,7 @@ def test_table_header_shows_name_and_address() -> None:
 
 def test_server_info_series_and_stable_labels_elsewhere() -> None:
     status = AgentStatus("0.1.0", "btf", "1.1.2", "6.1.0")
-    c = BpfnfsCollector(Config(), {}.get)
+    c = BpfnfsCollector(Config(), IdentityResolver({}.get).of)
     cache = _cache()
     rep = with_dns(_report(), cache)
     c.update(rep, status)

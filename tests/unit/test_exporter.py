@@ -33,6 +33,7 @@ from bpfnfs.collect.snapshot import (
 )
 from bpfnfs.collect.views import Report, build_report
 from bpfnfs.config import Config
+from bpfnfs.enrich.identity import IdentityResolver, PodMeta
 from bpfnfs.enrich.mountinfo import Mount
 from bpfnfs.enrich.mounts import NfsMount
 from bpfnfs.export.compat import CompatCollector
@@ -111,6 +112,9 @@ def _scrape(*collectors: Any) -> tuple[str, dict[tuple[str, tuple[tuple[str, str
 
 
 def _get(values: dict[Any, float], name: str, **labels: str) -> float | None:
+    if "comm" in labels and "namespace" not in labels:  # per-identity series outside pods
+        fill = "_other" if labels["comm"] == "_other" else ""
+        labels = {**dict.fromkeys(("namespace", "pod", "container"), fill), **labels}
     want = tuple(sorted(labels.items()))
     return values.get((name, want))
 
@@ -133,7 +137,7 @@ def test_log2_histogram_maps_to_buckets_without_loss() -> None:
 
 
 def test_rpc_io_vfs_errors_and_self_series() -> None:
-    c = BpfnfsCollector(Config(), {11: "/pod-a", 22: "/pod-b"}.get)
+    c = BpfnfsCollector(Config(), IdentityResolver({11: "/pod-a", 22: "/pod-b"}.get).of)
     c.update(_report(_snap()), _status())
     _text, v = _scrape(c)
     read = {**MOUNT, "op": "READ"}
@@ -164,7 +168,7 @@ def test_rpc_io_vfs_errors_and_self_series() -> None:
 
 def test_identities_budget_fold_and_retire() -> None:
     paths = {11: "/pod-a", 22: "/pod-b", 33: "/pod-c"}
-    c = BpfnfsCollector(Config(metrics={"max_identities": 2}), paths.get)
+    c = BpfnfsCollector(Config(metrics={"max_identities": 2}), IdentityResolver(paths.get).of)
     c.update(_report(_snap(1, (11, 22))), _status())
     _t, v = _scrape(c)
     a = {**MOUNT, "comm": "app0", "cgroup": "/pod-a"}
@@ -187,7 +191,7 @@ def test_identities_budget_fold_and_retire() -> None:
 
 
 def test_top_files_and_removed_mount() -> None:
-    c = BpfnfsCollector(Config(metrics={"top_files": 1}), {}.get)
+    c = BpfnfsCollector(Config(metrics={"top_files": 1}), IdentityResolver({}.get).of)
     c.update(_report(_snap(1)), _status())
     c.update(_report(_snap(2)), _status())
     _t, v = _scrape(c)
@@ -222,7 +226,7 @@ def test_compat_series() -> None:
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing: run `make setup`")
 def test_promtool_check_metrics_is_silent() -> None:
-    c = BpfnfsCollector(Config(), {11: "/pod-a"}.get)
+    c = BpfnfsCollector(Config(), IdentityResolver({11: "/pod-a"}.get).of)
     c.update(_report(_snap()), _status())
     text, _v = _scrape(c)
     r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
@@ -245,7 +249,7 @@ def _http(url: str) -> tuple[int, str]:
 
 
 def test_http_endpoints_and_port_in_use() -> None:
-    c = BpfnfsCollector(Config(), {}.get)
+    c = BpfnfsCollector(Config(), IdentityResolver({}.get).of)
     c.update(_report(_snap()), _status())
     reg = CollectorRegistry(auto_describe=False)
     reg.register(c)
@@ -284,7 +288,7 @@ def test_scrapes_during_churn_never_fail() -> None:
     import threading
 
     paths: dict[int, str] = {}
-    c = BpfnfsCollector(Config(metrics={"max_identities": 3, "top_files": 2}), paths.get)
+    c = BpfnfsCollector(Config(metrics={"max_identities": 3, "top_files": 2}), IdentityResolver(paths.get).of)
     reg = CollectorRegistry(auto_describe=False)
     reg.register(c)
     srv = MetricsServer("127.0.0.1", 0, reg, lambda: (True, "ready"))
@@ -320,7 +324,7 @@ def test_scrapes_during_churn_never_fail() -> None:
 
 def test_nfs_metrics_off_keeps_only_the_agent_families() -> None:
     """features.nfs_metrics: false (and back on at SIGHUP, through Exporter.reconfigure)."""
-    c = BpfnfsCollector(Config(features={"nfs_metrics": False}), {}.get)
+    c = BpfnfsCollector(Config(features={"nfs_metrics": False}), IdentityResolver({}.get).of)
     st = _status()
     st.config_reloads, st.config_reload_failures = 2, 1
     c.update(_report(_snap()), st)
@@ -333,3 +337,40 @@ def test_nfs_metrics_off_keeps_only_the_agent_families() -> None:
     c.update(_report(_snap()), st)
     _text, v = _scrape(c)
     assert _get(v, "bpfnfs_rpc_operations_total", **{**MOUNT, "op": "READ"}) == 10
+
+
+def test_pod_labels_from_the_resolver_names_replace_the_uid_once() -> None:
+    """namespace/pod/container on per-process series; before the API answers the pod label is
+    the UID from the cgroup path, then the names (one change of series); off: no such labels."""
+    uid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+    cid = "ab" * 32
+    paths = {11: f"/kubepods/besteffort/pod{uid}/{cid}", 22: "/pod-b"}
+
+    class Pods:
+        meta: PodMeta | None = None
+
+        def pod(self, u: str) -> PodMeta | None:
+            return self.meta if u == uid else None
+
+    pods = Pods()
+    c = BpfnfsCollector(Config(), IdentityResolver(paths.get, pods).of)
+    c.update(_report(_snap(1, (11, 22))), _status())
+    _t, v = _scrape(c)
+    base = {**MOUNT, "comm": "app0", "cgroup": paths[11]}
+    assert (
+        _get(v, "bpfnfs_process_operations_total", **base, namespace="", pod=uid, container="", op="read")
+        == 5
+    )
+    pods.meta = PodMeta(uid, "shop", "cart", {cid: "app"})
+    c.update(_report(_snap(2, (11, 22))), _status())
+    _t, v = _scrape(c)
+    named = {**base, "namespace": "shop", "pod": "cart", "container": "app"}
+    assert _get(v, "bpfnfs_process_operations_total", **named, op="read") == 10
+    assert (
+        _get(v, "bpfnfs_process_operations_total", **base, namespace="", pod=uid, container="", op="read")
+        is None
+    )
+    off = BpfnfsCollector(Config(metrics={"pod_labels": False}), IdentityResolver(paths.get, pods).of)
+    off.update(_report(_snap(1, (11, 22))), _status())
+    text, _v = _scrape(off)
+    assert 'pod="' not in text and "namespace=" not in text

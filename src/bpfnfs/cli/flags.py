@@ -61,6 +61,8 @@ COMMON = (
     Flag(("--per-pid",), ("collection", "per_pid"), const=True),
     Flag(("--debug",), ("features", "debug"), const=True),
     Flag(("--dns",), ("features", "dns"), const=True),
+    Flag(("--kubeconfig",), ("kubernetes", "kubeconfig"), metavar="FILE"),
+    Flag(("--node-name",), ("kubernetes", "node_name"), metavar="NAME"),
 )
 FILTERS = (
     Flag(("--pid",), ("filter", "pid"), metavar="PID"),
@@ -70,7 +72,7 @@ FILTERS = (
     Flag(("--server",), ("filter", "server"), metavar="HOST"),
 )
 VIEWS = (
-    Flag(("--by",), ("view", "by"), metavar="{mount,op,process,cgroup,file}"),
+    Flag(("--by",), ("view", "by"), metavar="{mount,op,process,cgroup,pod,file}"),
     Flag(("--top",), ("view", "top"), metavar="N"),
     Flag(("--sort",), ("view", "sort"), metavar="{ops,bytes,latency}"),
 )
@@ -87,6 +89,12 @@ EXPORTER = (
     Flag(("--metrics-top-files",), ("metrics", "top_files"), metavar="N"),
     Flag(("--metrics-max-identities",), ("metrics", "max_identities"), metavar="N"),
     Flag(("--metrics-pid",), ("metrics", "pid_labels"), const=True),
+    Flag(
+        ("--no-pod-labels",),
+        ("metrics", "pod_labels"),
+        const=False,
+        help="No namespace/pod/container labels.",
+    ),
 )
 TRACE = (
     Flag(("-m", "--min-latency"), ("trace", "min_latency"), metavar="DURATION"),

@@ -9,6 +9,7 @@ own. docs/config.md is generated from these declarations (config/docs.py)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -320,6 +321,11 @@ class Metrics(Section):
         500, ge=1, le=100000, description="(comm, cgroup) series per mount before folding into _other."
     )
     pid_labels: bool = Field(False, description="Add a pid label to per-process series.")
+    pod_labels: bool = Field(
+        True,
+        description="namespace, pod and container labels on per-process series, and pod, namespace and "
+        "persistentvolumeclaim on the mounts of pod volumes (from the cgroup and the Kubernetes API).",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -373,7 +379,44 @@ class Dns(Section):
 
 
 class Kubernetes(Section):
-    node_name: str | None = Field(None, description="This node's name (NODE_NAME in the environment).")
+    """Pod, container and volume names from the Kubernetes API (pods of this node, watched)."""
+
+    enable: bool | Literal["auto"] = Field(
+        "auto",
+        description="Watch this node's pods: auto = when running in a pod (KUBERNETES_SERVICE_HOST) "
+        "or kubeconfig is set. Without the API, pods are labelled with the UID and container id "
+        "their cgroup path gives.",
+    )
+    kubeconfig: Path | None = Field(
+        None, description="A kubeconfig file (default: in-cluster configuration)."
+    )
+    node_name: str | None = Field(
+        None, description="This node's name (NODE_NAME in the environment; default: the host name)."
+    )
+
+    def enabled(self, env: Mapping[str, str]) -> bool:
+        if self.enable == "auto":
+            return self.kubeconfig is not None or bool(env.get("KUBERNETES_SERVICE_HOST"))
+        return bool(self.enable)
+
+    @field_validator("enable", mode="before")
+    @classmethod
+    def _enable(cls, v: Any) -> Any:
+        if isinstance(v, bool) or v == "auto":
+            return v
+        s = str(v).strip().lower()
+        if s in ("true", "yes", "on", "1"):
+            return True
+        if s in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(f"expected true, false or auto, got {v!r}")
+
+    @field_validator("kubeconfig")
+    @classmethod
+    def _kubeconfig(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
 
 
 class Config(Section):
@@ -439,6 +482,9 @@ RESTART_KEYS = (
     "metrics.listen",
     "metrics.compat",
     "metrics.pid_labels",  # the label set of every per-process family
+    "metrics.pod_labels",
+    "kubernetes.enable",
+    "kubernetes.kubeconfig",
     "kubernetes.node_name",
     "pprof.enable",
     "pprof.listen",

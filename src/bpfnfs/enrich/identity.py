@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 # A pod's cgroup: "pod<uid>" (cgroupfs) or "kubepods[-<qos>]-pod<uid>.slice" (systemd,
@@ -89,7 +89,8 @@ class PodMeta:
     uid: str
     namespace: str
     name: str
-    containers: dict[str, str]  # container id -> container name
+    containers: dict[str, str] = field(default_factory=dict)  # container id -> container name
+    claims: dict[str, str] = field(default_factory=dict)  # pod volume name -> PersistentVolumeClaim
 
 
 class PodIndex(Protocol):

@@ -90,7 +90,7 @@ class Exporter:
         self.reloads = reloads
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        self.collector = BpfnfsCollector(cfg, agent.cgroups.path)
+        self.collector = BpfnfsCollector(cfg, agent.identity.of)
         self.registry.register(self.collector)
         self.compat: CompatCollector | None = None
         if cfg.metrics.compat:

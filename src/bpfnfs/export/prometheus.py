@@ -26,11 +26,13 @@ from bpfnfs.collect.records import HIST_SLOTS
 from bpfnfs.collect.snapshot import FileStats
 from bpfnfs.collect.views import MountReport, Report
 from bpfnfs.config import Config
+from bpfnfs.enrich.identity import Identity
 
 MOUNT_LABELS = ("mount", "server", "export", "nfs_version")
 # Kernel slot k holds (2^k, 2^(k+1)] µs, so it is exactly the bucket le=2^(k+1) µs.
 # The last slot also takes everything slower (the kernel clamps), so it maps to +Inf.
 BUCKET_BOUNDS = tuple(floatToGoString(upper_bound_us(k) / 1e6) for k in range(HIST_SLOTS - 1))
+POD_LABELS = ["namespace", "pod", "container"]  # Kubernetes' own label names (kube-state-metrics)
 OTHER = "_other"  # identities beyond the budget, folded together
 UNATTRIBUTED = "_unattributed"  # wire I/O with no known issuer (e.g. writeback of an evicted file)
 # Files: activity score half-life, in collection intervals' worth of decay per second.
@@ -113,7 +115,7 @@ class _Families:
         return f  # type: ignore[return-value]
 
 
-Identity = tuple[str, ...]  # (comm, cgroup[, pid]) label values
+IdKey = tuple[str, ...]  # (comm, cgroup[, namespace, pod, container][, pid]) label values
 
 
 @dataclass
@@ -156,20 +158,20 @@ class _IdentityBudget:
     order of first appearance, so the folded `_other` series only ever grows; an
     admitted identity that goes away frees its slot and its series end."""
 
-    admitted: set[Identity] = field(default_factory=set)
-    retired: set[Identity] = field(default_factory=set)
-    folded: set[Identity] = field(default_factory=set)  # once folded, always folded
+    admitted: set[IdKey] = field(default_factory=set)
+    retired: set[IdKey] = field(default_factory=set)
+    folded: set[IdKey] = field(default_factory=set)  # once folded, always folded
 
 
 class BpfnfsCollector(Collector):
     def __init__(
         self,
         cfg: Config,
-        cgroup_path: Callable[[int], str | None],
+        identity: Callable[[int], Identity],
         pid_alive: Callable[[int], bool] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.cgroup_path = cgroup_path
+        self.identity = identity  # enrich.identity.IdentityResolver.of: the one resolver
         self.pid_alive = pid_alive or (lambda pid: os.path.exists(f"{cfg.collection.proc}/{pid}"))
         # What a scrape serves: the per-mount families are rendered from the last report only
         # when scraped (most of the rendering cost, and Prometheus scrapes every 15-60 s while
@@ -181,8 +183,9 @@ class BpfnfsCollector(Collector):
         self._budgets: dict[str, _IdentityBudget] = {}
         self._file_scores: dict[tuple[int, int], float] = {}
         self._file_prev: dict[tuple[int, int], FileStats] = {}
-        self._labels: dict[Identity, Identity] = {}  # identity key -> label values, fixed at first sight
-        self._seen: set[Identity] = set()
+        self._labels: dict[IdKey, IdKey] = {}  # identity key -> label values, fixed at first sight
+        self._seen: set[IdKey] = set()
+        self._provisional: set[IdKey] = set()  # pods whose names the API has not given yet
         self.folded = 0
 
     # The registry calls describe() at registration; returning nothing keeps it
@@ -218,6 +221,7 @@ class BpfnfsCollector(Collector):
             for gone in set(self._budgets) - live:
                 del self._budgets[gone]
             self._labels = {k: v for k, v in self._labels.items() if k in self._seen}
+            self._provisional &= self._seen
         self.folded = folded
         self._self(fams, status, rep, {"exported": exported, "folded": folded, "retired": retired})
         mounts = tuple(rep.mounts) if rep is not None else ()
@@ -309,27 +313,44 @@ class BpfnfsCollector(Collector):
             metric, label, doc = layer_metric[layer]
             fams.counter(metric, doc, [*MOUNT_LABELS, "op", label]).add_metric([*mv, op, name], n)
 
-    def _identity(self, pid: int, cg: int, comm: str) -> tuple[Identity, bool]:
+    def _identity(self, pid: int, cg: int, comm: str) -> tuple[IdKey, bool]:
         """The key of a (pid, cgroup, comm) and whether it still exists. Keys hold the cgroup
-        id, not its path: a removed cgroup must stay the same identity to be retired."""
+        id, not its path: a removed cgroup must stay the same identity to be retired. Label
+        values are fixed at first sight, except a pod's names, which replace its UID once the
+        Kubernetes API has given them (one change of series, then fixed)."""
         pid = pid if self.cfg.metrics.pid_labels else 0
         key = (comm, str(cg), str(pid))
-        if key not in self._labels:
+        ident = self.identity(cg)
+        if key not in self._labels or key in self._provisional:
             if not cg and not comm:
-                labels: Identity = (UNATTRIBUTED, UNATTRIBUTED)
+                labels: IdKey = (UNATTRIBUTED, UNATTRIBUTED)
             else:
-                path = self.cgroup_path(cg) if cg else ""
-                labels = (comm, f"cgroup {cg}" if path is None else path)
+                labels = (comm, ident.cgroup_label)
+            if self.cfg.metrics.pod_labels:
+                labels = (
+                    *labels,
+                    ident.namespace or "",
+                    ident.pod or ident.pod_uid or "",
+                    ident.container or "",
+                )
+                if ident.pod_uid is not None and ident.pod is None and not ident.removed:
+                    self._provisional.add(key)
+                else:
+                    self._provisional.discard(key)
             self._labels[key] = (*labels, str(pid) if pid else "") if self.cfg.metrics.pid_labels else labels
         self._seen.add(key)
-        alive = not cg or self.cgroup_path(cg) is not None
+        alive = not cg or not ident.removed
         if pid:
             alive = alive and self.pid_alive(pid)
         return key, alive
 
+    def _id_labels(self) -> list[str]:
+        m = self.cfg.metrics
+        return ["comm", "cgroup"] + (POD_LABELS if m.pod_labels else []) + (["pid"] if m.pid_labels else [])
+
     def _identities(self, fams: _Families, m: MountReport) -> tuple[int, int, int]:
-        rows: dict[Identity, _IdRow] = {}
-        alive: dict[Identity, bool] = {}
+        rows: dict[IdKey, _IdRow] = {}
+        alive: dict[IdKey, bool] = {}
 
         def row(pid: int, cg: int, comm: str) -> _IdRow:
             ident, ok = self._identity(pid, cg, comm)
@@ -362,8 +383,8 @@ class BpfnfsCollector(Collector):
         budget.admitted.update(fresh[: max(0, room)])
         budget.folded |= present - budget.admitted - budget.retired
 
-        out: dict[Identity, _IdRow] = {}
-        other = (OTHER,) * (3 if self.cfg.metrics.pid_labels else 2)
+        out: dict[IdKey, _IdRow] = {}
+        other = (OTHER,) * len(self._id_labels())
         folded = 0
         for ident, r in rows.items():
             if ident in budget.admitted:
@@ -373,7 +394,7 @@ class BpfnfsCollector(Collector):
                 out[other] = out[other] + r if other in out else r
 
         mv = _mount_values(m)
-        il = [*MOUNT_LABELS, "comm", "cgroup"] + (["pid"] if self.cfg.metrics.pid_labels else [])
+        il = [*MOUNT_LABELS, *self._id_labels()]
         ops = fams.counter(
             "bpfnfs_process_operations_total",
             "Syscall-side operations per process (comm) and cgroup.",

@@ -1,0 +1,223 @@
+"""Pod metadata from the Kubernetes API: the pods of this node, watched.
+
+The official client (kubernetes on PyPI) lists the pods with `spec.nodeName=<node>` and then
+watches from the list's resourceVersion, with bookmarks, on a daemon thread. A watch that
+expires (410 Gone) is answered by a fresh list; any other failure by a reconnect with backoff.
+The collection never waits for the API: until the first list, and whenever the API is
+unreachable or forbidden, pods are labelled with what their cgroup path gives (pod UID,
+container id), and the reason is logged once per kind of failure.
+
+A deleted pod is kept (DELETED_TTL) so the counters of its cgroup keep their names until
+their series end; enrich.identity also remembers an identity once resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bpfnfs.enrich.identity import PodMeta
+
+FIELD = "spec.nodeName="
+WATCH_SECONDS = 300  # one watch request; the server may end it sooner
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
+DELETED_TTL = 600.0  # a deleted pod's names stay this long (series outlive their pod)
+RUNTIME_PREFIXES = ("containerd://", "cri-o://", "docker://", "crio://")
+
+
+def pod_meta(obj: dict[str, Any]) -> PodMeta | None:
+    """A PodMeta from a Pod's JSON; None without a UID."""
+    md = obj.get("metadata") or {}
+    uid = md.get("uid")
+    if not uid:
+        return None
+    status = obj.get("status") or {}
+    containers: dict[str, str] = {}
+    for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
+        for cs in status.get(key) or []:
+            cid = cs.get("containerID") or ""
+            for p in RUNTIME_PREFIXES:
+                if cid.startswith(p):
+                    containers[cid[len(p) :]] = cs.get("name", "")
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in (obj.get("spec") or {}).get("volumes") or []
+        if v.get("name") and (v.get("persistentVolumeClaim") or {}).get("claimName")
+    }
+    return PodMeta(uid, md.get("namespace", ""), md.get("name", ""), containers, claims)
+
+
+@dataclass
+class WatchStats:
+    state: str = "starting"  # starting, synced, unreachable, forbidden
+    pods: int = 0
+    lists: int = 0
+    events: int = 0
+    expired: int = 0  # 410 Gone answered by a fresh list
+    errors: int = 0
+
+
+@dataclass
+class PodWatcher:
+    """The pods of one node, from the API; a PodIndex for enrich.identity."""
+
+    node_name: str
+    kubeconfig: str | None = None
+    log: Callable[[str], None] = lambda _m: None
+    clock: Callable[[], float] = time.monotonic
+    stats: WatchStats = field(default_factory=WatchStats)
+    _pods: dict[str, PodMeta] = field(default_factory=dict)
+    _deleted: dict[str, tuple[PodMeta, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _logged: set[str] = field(default_factory=set)
+    _thread: threading.Thread | None = None
+
+    # ---- PodIndex -----------------------------------------------------------------------------
+
+    def pod(self, uid: str) -> PodMeta | None:
+        with self._lock:
+            meta = self._pods.get(uid)
+            if meta is None and uid in self._deleted:
+                meta = self._deleted[uid][0]
+            return meta
+
+    # ---- the watch ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bpfnfs-k8s", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()  # the thread is a daemon: a watch blocked in a read ends with the process
+
+    def _api(self) -> Any:
+        from kubernetes import client, config  # imported here: a second of start-up, only when on
+
+        if self.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+            return client.CoreV1Api()
+        return client.CoreV1Api(config.new_client_from_config(config_file=self.kubeconfig))
+
+    def _run(self) -> None:
+        from kubernetes.client.rest import ApiException
+
+        backoff = BACKOFF_MIN
+        api = None
+        while not self._stop.is_set():
+            try:
+                if api is None:
+                    api = self._api()
+                rv = self._list(api)
+                backoff = BACKOFF_MIN
+                while not self._stop.is_set():
+                    rv = self._watch(api, rv)
+            except ApiException as e:
+                if e.status == 410:  # the watch's resourceVersion expired: list again
+                    self.stats.expired += 1
+                    continue
+                self.stats.errors += 1
+                forbidden = e.status in (401, 403)
+                self.stats.state = "forbidden" if forbidden else "unreachable"
+                self._once(
+                    self.stats.state,
+                    f"kubernetes API {'forbids listing pods' if forbidden else 'error'} "
+                    f"({e.status} {e.reason}); pods are labelled with their UID and container id "
+                    "from the cgroup path until it answers",
+                )
+            except Exception as e:
+                self.stats.errors += 1
+                self.stats.state = "unreachable"
+                self._once(
+                    "unreachable",
+                    f"kubernetes API unreachable ({type(e).__name__}: {str(e)[:200]}); pods are labelled "
+                    "with their UID and container id from the cgroup path until it answers",
+                )
+                if "config" in type(e).__module__:
+                    api = None
+            if self._stop.wait(backoff):
+                return
+            backoff = min(BACKOFF_MAX, backoff * 2)
+
+    def _watch(self, api: Any, rv: str) -> str:
+        """One watch request, events as JSON (not the client's models: a pod event costs a
+        json.loads, and a field the models do not know cannot end the watch); the
+        resourceVersion to resume from."""
+        from kubernetes.client.rest import ApiException
+        from kubernetes.watch.watch import iter_resp_lines
+
+        resp = api.list_pod_for_all_namespaces(
+            field_selector=FIELD + self.node_name,
+            resource_version=rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_SECONDS,
+            watch=True,
+            _preload_content=False,
+        )
+        try:
+            for line in iter_resp_lines(resp):
+                if self._stop.is_set():
+                    break
+                try:
+                    ev = json.loads(line)
+                    kind, obj = ev["type"], ev["object"]
+                except (ValueError, KeyError, TypeError):
+                    self.stats.errors += 1  # a line that is not an event: skipped, counted
+                    continue
+                if kind == "ERROR":
+                    raise ApiException(status=obj.get("code", 500), reason=obj.get("reason", "watch error"))
+                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                self._event(kind, obj)
+        finally:
+            resp.release_conn()
+        return rv
+
+    def _list(self, api: Any) -> str:
+        resp = api.list_pod_for_all_namespaces(field_selector=FIELD + self.node_name, _preload_content=False)
+        doc = json.loads(resp.data)
+        pods = {m.uid: m for m in (pod_meta(o) for o in doc.get("items") or []) if m is not None}
+        with self._lock:
+            gone = set(self._pods) - set(pods)
+            now = self.clock()
+            for uid in gone:
+                self._deleted[uid] = (self._pods[uid], now)
+            self._pods = pods
+        self.stats.lists += 1
+        self.stats.pods = len(pods)
+        if self.stats.state != "synced":
+            self.log(f"kubernetes: {len(pods)} pods on node {self.node_name}")
+        self.stats.state = "synced"
+        self._logged.clear()  # a later failure is worth a line again
+        return str((doc.get("metadata") or {}).get("resourceVersion", ""))
+
+    def _event(self, kind: str, obj: dict[str, Any]) -> None:
+        self.stats.events += 1
+        if kind == "BOOKMARK":
+            return
+        meta = pod_meta(obj)
+        if meta is None:
+            return
+        with self._lock:
+            if kind == "DELETED":
+                self._pods.pop(meta.uid, None)
+                self._deleted[meta.uid] = (meta, self.clock())
+            else:  # ADDED, MODIFIED (container ids appear as containers start)
+                self._pods[meta.uid] = meta
+                self._deleted.pop(meta.uid, None)
+            now = self.clock()
+            for uid in [u for u, (_m, t) in self._deleted.items() if now - t > DELETED_TTL]:
+                del self._deleted[uid]
+            self.stats.pods = len(self._pods)
+
+    def _once(self, key: str, msg: str) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            self.log(f"warning: {msg}")
+
+
+__all__ = ["PodWatcher", "WatchStats", "pod_meta"]

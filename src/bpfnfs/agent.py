@@ -22,6 +22,7 @@ from bpfnfs.enrich.hostns import host_view
 from bpfnfs.enrich.identity import IdentityResolver
 from bpfnfs.enrich.k8s import PodWatcher
 from bpfnfs.enrich.mounts import MountRegistry, client_transports
+from bpfnfs.enrich.volumes import VolumeResolver
 from bpfnfs.loader.libbpf import libbpf
 from bpfnfs.loader.object import BpfObject, LoadError, kprobe_misses
 from bpfnfs.probes import system, tiers
@@ -62,6 +63,7 @@ class Agent:
             kubeconfig = str(cfg.kubernetes.kubeconfig) if cfg.kubernetes.kubeconfig else None
             self.pods = PodWatcher(node, kubeconfig, log=log)
         self.identity = IdentityResolver(self.cgroups.path, self.pods)  # cgroup id -> cgroup, pod, container
+        self.volumes = VolumeResolver(self.view, self.pods)  # mount point -> pod volume and claim
         self._cgroup_filter: Path | None = None
         self._filter_ids: set[int] = set()
         self._no_mounts_logged = False
@@ -276,6 +278,10 @@ class Agent:
             paths=paths,
             probe_failures=self.probe_failures,
         )
+        for m in rep.mounts:  # kubelet's volume paths: pod, volume and claim (never waits for the API)
+            v = self.volumes.of(m.mount_point)
+            m.volume = v.as_dict() if v is not None else None
+        self.volumes.forget({m.mount_point for m in rep.mounts})
         return with_dns(rep, self.dns)  # answers from the cache only; never waits for DNS
 
     def skipped_events(self) -> int | None:

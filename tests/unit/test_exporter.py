@@ -31,7 +31,7 @@ from bpfnfs.collect.snapshot import (
     VfsKey,
     VfsStats,
 )
-from bpfnfs.collect.views import Report, build_report
+from bpfnfs.collect.views import Report, build_report, mount_dict
 from bpfnfs.config import Config
 from bpfnfs.enrich.identity import IdentityResolver, PodMeta
 from bpfnfs.enrich.mountinfo import Mount
@@ -374,3 +374,33 @@ def test_pod_labels_from_the_resolver_names_replace_the_uid_once() -> None:
     off.update(_report(_snap(1, (11, 22))), _status())
     text, _v = _scrape(off)
     assert 'pod="' not in text and "namespace=" not in text
+
+
+def test_mount_volume_info_joins_a_pod_volume() -> None:
+    rep = _report(_snap())
+    rep.mounts[0].volume = {
+        "pod_uid": "u1",
+        "plugin": "nfs",
+        "volume": "pv1",
+        "namespace": "shop",
+        "pod": "cart",
+        "persistentvolume": "pv1",
+        "persistentvolumeclaim": "cart-data",
+    }
+    c = BpfnfsCollector(Config(), IdentityResolver({}.get).of)
+    c.update(rep, _status())
+    _t, v = _scrape(c)
+    want = {
+        **MOUNT,
+        "namespace": "shop",
+        "pod": "cart",
+        "pod_uid": "u1",
+        "volume": "pv1",
+        "persistentvolume": "pv1",
+        "persistentvolumeclaim": "cart-data",
+    }
+    assert _get(v, "bpfnfs_mount_volume_info", **want) == 1
+    assert mount_dict(rep.mounts[0])["kubernetes"]["persistentvolumeclaim"] == "cart-data"
+    off = BpfnfsCollector(Config(metrics={"pod_labels": False}), IdentityResolver({}.get).of)
+    off.update(rep, _status())
+    assert "bpfnfs_mount_volume_info" not in _scrape(off)[0]

@@ -1,12 +1,13 @@
 """The pod watch against a stand-in Kubernetes API server.
 
 No kube-apiserver can be installed here, so `ApiServer` below stands in for it: it speaks the
-API's real wire protocol as the official client uses it — GET /api/v1/pods with a fieldSelector
+API's real wire protocol as the official client uses it. GET /api/v1/pods with a fieldSelector
 returns a PodList (JSON, with metadata.resourceVersion); the same request with watch=true
-streams newline-delimited watch events (ADDED, MODIFIED, DELETED, BOOKMARK, and ERROR with a
-410 Status when the resourceVersion has expired), in chunked transfer encoding; Bearer tokens are checked; 403 answers a
-request the token may not make. The client is the official kubernetes package, configured
-through a kubeconfig file as an operator would.
+streams newline-delimited watch events in chunked transfer encoding (ADDED, MODIFIED, DELETED,
+BOOKMARK, and ERROR with a 410 Status when the resourceVersion has expired); GET
+/api/v1/persistentvolumes/<name> returns a PersistentVolume with its claimRef; Bearer tokens
+are checked and 403 answers a request the token may not make. The client is the official
+kubernetes package, configured through a kubeconfig file as an operator would.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def pod(uid: str, name: str, cid: str | None = None, claim: str | None = None) -
 class ApiServer:
     def __init__(self, token: str = "tok", forbid: bool = False) -> None:
         self.items: list[dict[str, Any]] = []
+        self.pvs: dict[str, tuple[str, str]] = {"pv-nfs-1": ("shop", "cart-data")}
         self.rv = 10
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.requests: list[tuple[str, dict[str, list[str]]]] = []
@@ -68,6 +70,23 @@ class ApiServer:
                 api.requests.append((u.path, q))
                 if self.headers.get("Authorization") != f"Bearer {token}" or forbid:
                     self._json(403, {"kind": "Status", "code": 403, "reason": "Forbidden", "message": "no"})
+                    return
+                if u.path.startswith("/api/v1/persistentvolumes/"):
+                    name = u.path.rsplit("/", 1)[1]
+                    if name not in api.pvs:
+                        self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                        return
+                    ns, claim = api.pvs[name]
+                    self._json(
+                        200,
+                        {
+                            "kind": "PersistentVolume",
+                            "metadata": {"name": name},
+                            "spec": {
+                                "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": claim}
+                            },
+                        },
+                    )
                     return
                 if u.path != "/api/v1/pods":
                     self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
@@ -237,3 +256,18 @@ def test_unreachable_api(tmp_path: Path, fast: None) -> None:
         assert len([m for m in logs if "unreachable" in m]) == 1
     finally:
         w.close()
+
+
+def test_persistent_volume_claims_looked_up_off_the_caller(tmp_path: Path, fast: None) -> None:
+    api = ApiServer()
+    w = PodWatcher("node1", kubeconfig(tmp_path, api.url))
+    w.start()
+    try:
+        assert w.claim_of("pv-nfs-1") is None  # asked, not waited for
+        assert wait(lambda: w.claim_of("pv-nfs-1") == ("shop", "cart-data"))
+        assert w.claim_of("pv-gone") is None
+        assert wait(lambda: any(p == "/api/v1/persistentvolumes/pv-gone" for p, _q in api.requests))
+        assert w.claim_of("pv-gone") is None  # a 404, cached as no claim
+    finally:
+        w.close()
+        api.close()

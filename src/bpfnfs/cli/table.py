@@ -25,8 +25,14 @@ def format_mount(m: MountReport, seconds: float, tier: str | None, all_ops: bool
     server = m.server or "?"
     if m.server_name and m.server_address:  # from DNS (features.dns)
         server = f"{m.server_name} ({m.server_address})"
+    where = m.mount_point
+    if m.volume is not None:  # a pod volume: say whose, not only kubelet's long path
+        v = m.volume
+        who = f"{v['namespace']}/{v['pod']}" if v.get("pod") else f"pod {v['pod_uid']}"
+        claim = f", claim {v['persistentvolumeclaim']}" if v.get("persistentvolumeclaim") else ""
+        where = f"{where} (volume {v['volume']} of {who}{claim})"
     lines = [
-        f"{server}:{m.export or '?'} mounted on {m.mount_point} (nfs v{m.nfs_version or '?'}, dev {m.dev}):",
+        f"{server}:{m.export or '?'} mounted on {where} (nfs v{m.nfs_version or '?'}, dev {m.dev}):",
         f"   app read {app_r:10.1f} kB/s   app write {app_w:10.1f} kB/s   "
         f"wire read {io.server_read_bytes / kb:10.1f} kB/s   "
         f"wire write {io.server_write_bytes / kb:10.1f} kB/s",

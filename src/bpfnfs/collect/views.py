@@ -64,6 +64,7 @@ class MountReport:
     server_address: str | None = None
     server_host: str | None = None  # the host as mounted (host:/export), a name or an address
     client_state: str = "mapped"  # or why its RPC client is not known yet (enrich.mounts)
+    volume: dict[str, str] | None = None  # the pod volume it is (enrich.volumes), if any
 
     def blank(self) -> MountReport:
         """The same mount with every counter at zero (what a new mount diffs against)."""
@@ -224,6 +225,7 @@ def mount_dict(m: MountReport, seconds: float | None = None) -> dict[str, Any]:
         "dev": m.dev,
         "rpc_clients": m.clients,
         "client_state": m.client_state,
+        **({"kubernetes": m.volume} if m.volume is not None else {}),
         "io": m.io.as_dict(),
         "ops": {name: op_dict(s, seconds) for name, s in sorted(m.ops.items()) if s.ops},
         "errors": [

@@ -91,6 +91,7 @@ class PodMeta:
     name: str
     containers: dict[str, str] = field(default_factory=dict)  # container id -> container name
     claims: dict[str, str] = field(default_factory=dict)  # pod volume name -> PersistentVolumeClaim
+    volumes: tuple[str, ...] = ()  # every volume name of the pod's spec
 
 
 class PodIndex(Protocol):

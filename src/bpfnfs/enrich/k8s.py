@@ -27,6 +27,8 @@ FIELD = "spec.nodeName="
 WATCH_SECONDS = 300  # one watch request; the server may end it sooner
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 DELETED_TTL = 600.0  # a deleted pod's names stay this long (series outlive their pod)
+CLAIM_TTL = 600.0  # a PersistentVolume's claimRef is read again after this
+CLAIM_NEGATIVE_TTL = 60.0  # and a failed or empty answer after this
 RUNTIME_PREFIXES = ("containerd://", "cri-o://", "docker://", "crio://")
 
 
@@ -49,7 +51,8 @@ def pod_meta(obj: dict[str, Any]) -> PodMeta | None:
         for v in (obj.get("spec") or {}).get("volumes") or []
         if v.get("name") and (v.get("persistentVolumeClaim") or {}).get("claimName")
     }
-    return PodMeta(uid, md.get("namespace", ""), md.get("name", ""), containers, claims)
+    volumes = tuple(v["name"] for v in (obj.get("spec") or {}).get("volumes") or [] if v.get("name"))
+    return PodMeta(uid, md.get("namespace", ""), md.get("name", ""), containers, claims, volumes)
 
 
 @dataclass
@@ -77,6 +80,10 @@ class PodWatcher:
     _stop: threading.Event = field(default_factory=threading.Event)
     _logged: set[str] = field(default_factory=set)
     _thread: threading.Thread | None = None
+    _claims: dict[str, tuple[tuple[str, str] | None, float]] = field(default_factory=dict)
+    _wanted: list[str] = field(default_factory=list)
+    _want: threading.Event = field(default_factory=threading.Event)
+    _claims_api: Any = None
 
     # ---- PodIndex -----------------------------------------------------------------------------
 
@@ -87,14 +94,54 @@ class PodWatcher:
                 meta = self._deleted[uid][0]
             return meta
 
+    def claim_of(self, pv: str) -> tuple[str, str] | None:
+        """(namespace, claim) of a PersistentVolume, from its claimRef; None until looked up
+        (the lookup runs on the watch's side thread, never on the caller's)."""
+        with self._lock:
+            hit = self._claims.get(pv)
+            if hit is not None and self.clock() - hit[1] < (CLAIM_TTL if hit[0] else CLAIM_NEGATIVE_TTL):
+                return hit[0]
+            if pv not in self._wanted:
+                self._wanted.append(pv)
+                self._want.set()
+            return hit[0] if hit is not None else None
+
+    def _claims_loop(self) -> None:
+        while not self._stop.is_set():
+            self._want.wait(5.0)
+            self._want.clear()
+            api = self._claims_api
+            while api is not None and not self._stop.is_set():
+                with self._lock:
+                    if not self._wanted:
+                        break
+                    pv = self._wanted.pop(0)
+                ref: tuple[str, str] | None = None
+                try:
+                    resp = api.read_persistent_volume(pv, _preload_content=False)
+                    cr = (json.loads(resp.data).get("spec") or {}).get("claimRef") or {}
+                    if cr.get("name"):
+                        ref = (cr.get("namespace", ""), cr["name"])
+                except Exception as e:
+                    self.stats.errors += 1
+                    self._once(
+                        "pv",
+                        f"kubernetes: cannot read PersistentVolume {pv} ({str(e)[:120]}); "
+                        "its mounts carry no persistentvolumeclaim label",
+                    )
+                with self._lock:
+                    self._claims[pv] = (ref, self.clock())
+
     # ---- the watch ------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="bpfnfs-k8s", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._claims_loop, name="bpfnfs-k8s-pv", daemon=True).start()
 
     def close(self) -> None:
-        self._stop.set()  # the thread is a daemon: a watch blocked in a read ends with the process
+        self._stop.set()  # the threads are daemons: a watch blocked in a read ends with the process
+        self._want.set()
 
     def _api(self) -> Any:
         from kubernetes import client, config  # imported here: a second of start-up, only when on
@@ -112,7 +159,8 @@ class PodWatcher:
         while not self._stop.is_set():
             try:
                 if api is None:
-                    api = self._api()
+                    api = self._claims_api = self._api()
+                    self._want.set()
                 rv = self._list(api)
                 backoff = BACKOFF_MIN
                 while not self._stop.is_set():

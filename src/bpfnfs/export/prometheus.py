@@ -33,6 +33,7 @@ MOUNT_LABELS = ("mount", "server", "export", "nfs_version")
 # The last slot also takes everything slower (the kernel clamps), so it maps to +Inf.
 BUCKET_BOUNDS = tuple(floatToGoString(upper_bound_us(k) / 1e6) for k in range(HIST_SLOTS - 1))
 POD_LABELS = ["namespace", "pod", "container"]  # Kubernetes' own label names (kube-state-metrics)
+VOLUME_LABELS = ["namespace", "pod", "pod_uid", "volume", "persistentvolume", "persistentvolumeclaim"]
 OTHER = "_other"  # identities beyond the budget, folded together
 UNATTRIBUTED = "_unattributed"  # wire I/O with no known issuer (e.g. writeback of an evicted file)
 # Files: activity score half-life, in collection intervals' worth of decay per second.
@@ -240,6 +241,13 @@ class BpfnfsCollector(Collector):
                 "The server's name and address, once DNS has answered (features.dns; value 1).",
                 [*MOUNT_LABELS, "server_name", "server_address"],
             ).add_metric([*mv, m.server_name, m.server_address], 1)
+        if m.volume is not None and self.cfg.metrics.pod_labels:  # join on mount: group_left(pod, ...)
+            v = m.volume
+            fams.gauge(
+                "bpfnfs_mount_volume_info",
+                "The pod volume this mount is (kubelet's path, the pod and the claim from the API; value 1).",
+                [*MOUNT_LABELS, *VOLUME_LABELS],
+            ).add_metric([*mv, *(v.get(k, "") for k in VOLUME_LABELS)], 1)
         io = m.io
         rb = fams.counter(
             "bpfnfs_read_bytes_total",

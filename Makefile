@@ -18,7 +18,7 @@ BENCH_SUITES ?= bookworm
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3 python3-venv python3-pip \
 	qemu-system-x86 busybox-static kmod cpio nfs-kernel-server nfs-common rpcbind fio \
 	iproute2 procps ca-certificates make \
-	prometheus tmux
+	prometheus tmux runc
 # BCC's nfsslower and nfsdist: the incumbents the bench compares against (make bench, make bench-smoke).
 BENCH_PACKAGES := bpfcc-tools python3-bpfcc
 

@@ -10,8 +10,10 @@ once, next to the old counting method, which must lose events and report
 them), lab.check_cli (the command as a person runs it), lab.check_views and
 lab.check_client; on 5.10, 6.1 and 6.12 also lab.check_config (the
 configuration file, SIGHUP, DNS), on 6.1 lab.check_btf (BTF from files), and
-on 6.12 with preempt=full lab.check_dead (the node's mounts from another mount
-namespace, and an NFS server that dies under a running agent).
+on 6.12 lab.check_pods (pods and containers with runc, the stand-in Kubernetes
+API, bpfnfs in a DaemonSet-like container), and on 6.12 with preempt=full
+lab.check_dead (the node's mounts from another mount namespace, and an NFS
+server that dies under a running agent).
 Three more VMs (bookworm, and the two preemptible kernels) boot without NFS to
 check that bpfnfs waits and attaches when the modules load. lab.check_client
 checks the client picture: per-process and per-cgroup syscall counts,
@@ -76,6 +78,9 @@ BTF_SUITES = ("bookworm",)  # module BTF there, so hiding it changes the tier
 # The node's view from a mount namespace of its own, and an NFS server that dies under a running
 # agent (lab.check_dead): on the newest code paths (full preemption), the shortest boot.
 DEAD_SUITES = ("trixie-preempt",)
+# Pods and containers with runc as kubelet + containerd lay them out, the stand-in API server,
+# and bpfnfs in a container with the DaemonSet's capabilities (lab.check_pods).
+PODS_SUITES = ("trixie",)
 
 
 def _guest_cmd(suite: str, out: Path, late: bool) -> str:
@@ -88,6 +93,8 @@ def _guest_cmd(suite: str, out: Path, late: bool) -> str:
         config += f"{VENV_PY} -m lab.check_config --out {out} || rc=${{rc:-$?}}; "
     if suite in BTF_SUITES:  # last: it hides /sys/kernel/btf under a tmpfs
         config += f"{VENV_PY} -m lab.check_btf --skip-btf-tier --out {out} || rc=${{rc:-$?}}; "
+    if suite in PODS_SUITES:
+        config += f"{VENV_PY} -m lab.check_pods --out {out} || rc=${{rc:-$?}}; "
     if suite in DEAD_SUITES:  # last: it stops and restarts nfsd
         config += f"{VENV_PY} -m lab.check_dead --out {out} || rc=${{rc:-$?}}; "
     return (
@@ -299,6 +306,22 @@ def test_dead_server_and_container_view(suite: str, lab_runs: dict[tuple[str, bo
     assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}"
     names = " ".join(x["check"] for x in r["checks"])
     for what in ("own mount namespace", "dead server: SIGINT", "server back: SIGTERM", "reports keep"):
+        assert what in names, f"scenario missing: {what}"
+
+
+@pytest.mark.parametrize("suite", PODS_SUITES)
+def test_pods_and_containers(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
+    """Two pods in runc containers (cgroupfs and systemd cgroup naming, kubelet-style NFS volumes
+    on one shared superblock), named by the stand-in API server: each pod's and container's write
+    bytes exact in the JSON and on /metrics, summing to mountstats' delta; bpfnfs in a container
+    with the DaemonSet's capabilities sees and maps the node's mounts (lab.check_pods)."""
+    if (suite, False) not in lab_runs:
+        pytest.skip(f"{suite} not in LAB_SUITES")
+    r = _load(OUT / suite / "pods.json")
+    bad = [x for x in r["checks"] if not x["ok"]]
+    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}"
+    names = " ".join(x["check"] for x in r["checks"])
+    for what in ("shop/cart", "jobs/queue", "mountstats", "daemonset container", "without CAP_SYS_ADMIN"):
         assert what in names, f"scenario missing: {what}"
 
 

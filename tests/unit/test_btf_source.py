@@ -375,3 +375,17 @@ def test_loader_hands_libbpf_the_merged_file(host_vmlinux: Path, tmp_path: Path)
     assert logs == [loader._core_btf.describe()] and "CO-RE types from btf.kernel" in logs[0]
     loader.close()
     assert not path.exists()
+
+
+def test_without_cap_sys_admin_the_tier_is_tracefs(tmp_path: Path) -> None:
+    """A DaemonSet with CAP_BPF and CAP_PERFMON but not CAP_SYS_ADMIN: the kernel refuses
+    BPF_BTF_GET_NEXT_ID, so libbpf cannot reach module BTF; auto picks tracefs and says why."""
+    sysfs = _sysfs(tmp_path / "sysfs", "vmlinux", "sunrpc", "nfs")
+    bpf_perfmon = (1 << system.CAP_BPF) | (1 << system.CAP_PERFMON)
+    why = system.attach_btf_missing(BtfSource(sysfs=sysfs, module_dir=sysfs), caps=bpf_perfmon)
+    assert why is not None and "CAP_SYS_ADMIN" in why
+    assert tiers.tier_for("auto", True, why) == "tracefs"
+    assert (
+        system.attach_btf_missing(BtfSource(sysfs=sysfs, module_dir=sysfs), caps=1 << system.CAP_SYS_ADMIN)
+        is None
+    )

@@ -103,3 +103,13 @@ def test_resolver_without_api_labels_with_the_uid() -> None:
         "pod_uid": UID,
         "container_id": CID,
     }
+
+
+def test_unparsable_kubepods_path_is_kept_raw_and_counted() -> None:
+    paths = {7: "/kubepods/burstable/pod-not-a-uid/abc", 8: "/kubepods/burstable", 9: "/system.slice/x"}
+    r = IdentityResolver(paths.get)
+    assert r.of(7).cgroup_label == "/kubepods/burstable/pod-not-a-uid/abc" and r.of(7).pod_uid is None
+    r.of(7)
+    r.of(8)
+    r.of(9)
+    assert r.unparsed == 1  # once per cgroup; kubepods' own levels and other cgroups are not counted

@@ -1,161 +1,26 @@
-"""The pod watch against a stand-in Kubernetes API server.
-
-No kube-apiserver can be installed here, so `ApiServer` below stands in for it: it speaks the
-API's real wire protocol as the official client uses it. GET /api/v1/pods with a fieldSelector
-returns a PodList (JSON, with metadata.resourceVersion); the same request with watch=true
-streams newline-delimited watch events in chunked transfer encoding (ADDED, MODIFIED, DELETED,
-BOOKMARK, and ERROR with a 410 Status when the resourceVersion has expired); GET
-/api/v1/persistentvolumes/<name> returns a PersistentVolume with its claimRef; Bearer tokens
-are checked and 403 answers a request the token may not make. The client is the official
-kubernetes package, configured through a kubeconfig file as an operator would.
-"""
+"""The pod watch against the stand-in Kubernetes API server (lab/kubeapi.py, whose docstring
+says what of the real wire protocol it speaks: no kube-apiserver can be installed here). The
+client is the official kubernetes package, configured through a kubeconfig file as an
+operator would."""
 
 from __future__ import annotations
 
-import json
-import queue
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from bpfnfs.enrich import k8s
 from bpfnfs.enrich.identity import IdentityResolver
 from bpfnfs.enrich.k8s import PodWatcher, pod_meta
+from lab.kubeapi import ApiServer, kubeconfig, pod
 
 pytest.importorskip("kubernetes")
 
 UID_A = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 UID_B = "6fa459ea-ee8a-3ca4-894e-db77e160355e"
 CID = "ab" * 32
-
-
-def pod(uid: str, name: str, cid: str | None = None, claim: str | None = None) -> dict[str, Any]:
-    status: dict[str, Any] = {"phase": "Running"}
-    if cid:
-        status["containerStatuses"] = [{"name": "app", "containerID": f"containerd://{cid}"}]
-    vols = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}] if claim else []
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"uid": uid, "name": name, "namespace": "shop", "resourceVersion": "1"},
-        "spec": {"nodeName": "node1", "containers": [{"name": "app", "image": "busybox"}], "volumes": vols},
-        "status": status,
-    }
-
-
-class ApiServer:
-    def __init__(self, token: str = "tok", forbid: bool = False) -> None:
-        self.items: list[dict[str, Any]] = []
-        self.pvs: dict[str, tuple[str, str]] = {"pv-nfs-1": ("shop", "cart-data")}
-        self.rv = 10
-        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.requests: list[tuple[str, dict[str, list[str]]]] = []
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *_a: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                u = urlparse(self.path)
-                q = parse_qs(u.query)
-                api.requests.append((u.path, q))
-                if self.headers.get("Authorization") != f"Bearer {token}" or forbid:
-                    self._json(403, {"kind": "Status", "code": 403, "reason": "Forbidden", "message": "no"})
-                    return
-                if u.path.startswith("/api/v1/persistentvolumes/"):
-                    name = u.path.rsplit("/", 1)[1]
-                    if name not in api.pvs:
-                        self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
-                        return
-                    ns, claim = api.pvs[name]
-                    self._json(
-                        200,
-                        {
-                            "kind": "PersistentVolume",
-                            "metadata": {"name": name},
-                            "spec": {
-                                "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": claim}
-                            },
-                        },
-                    )
-                    return
-                if u.path != "/api/v1/pods":
-                    self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
-                    return
-                if q.get("watch", [""])[0].lower() != "true":
-                    self._json(
-                        200,
-                        {"kind": "PodList", "metadata": {"resourceVersion": str(api.rv)}, "items": api.items},
-                    )
-                    return
-                # As the API server does: chunked transfer encoding, one event per line.
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                for ev in api._events():
-                    line = json.dumps(ev).encode() + b"\n"
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
-
-            def _json(self, code: int, doc: dict[str, Any]) -> None:
-                body = json.dumps(doc).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def _events(self) -> Iterator[dict[str, Any]]:
-        while True:
-            try:
-                ev = self.events.get(timeout=10)
-            except queue.Empty:
-                return
-            if ev is None:  # the server ends this watch
-                return
-            yield ev
-            if ev["type"] == "ERROR":
-                return
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.events.put(None)
-        self.httpd.shutdown()
-
-
-def kubeconfig(tmp_path: Path, url: str, token: str = "tok") -> str:
-    p = tmp_path / "kubeconfig"
-    p.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "lab", "cluster": {"server": url}}],
-                "users": [{"name": "bpfnfs", "user": {"token": token}}],
-                "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "bpfnfs"}}],
-                "current-context": "lab",
-            }
-        )
-    )
-    return str(p)
 
 
 def wait(cond: Any, timeout: float = 10.0) -> bool:
@@ -271,3 +136,18 @@ def test_persistent_volume_claims_looked_up_off_the_caller(tmp_path: Path, fast:
     finally:
         w.close()
         api.close()
+
+
+def test_bad_kubeconfig_said_once(tmp_path: Path, fast: None) -> None:
+    bad = tmp_path / "kubeconfig"
+    bad.write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
+    logs: list[str] = []
+    w = PodWatcher("node1", str(bad), log=logs.append)
+    w.start()
+    try:
+        assert wait(lambda: w.stats.errors >= 2)
+        assert w.stats.state == "misconfigured"
+        said = [m for m in logs if "unusable" in m]
+        assert len(said) == 1 and str(bad) in said[0], logs
+    finally:
+        w.close()

@@ -34,6 +34,15 @@ _CONTAINER = re.compile(
 )
 _RUNTIMES = {"cri-containerd": "containerd", "containerd": "containerd", "crio": "cri-o", "docker": "docker"}
 _QOS = {"burstable", "besteffort", "guaranteed"}
+# kubepods levels above any pod: a process there (rare) is not an unparsable path.
+_POD_PARENTS = {
+    "kubepods",
+    "kubepods.slice",
+    "burstable",
+    "besteffort",
+    "kubepods-burstable.slice",
+    "kubepods-besteffort.slice",
+}
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,8 @@ class IdentityResolver:
         self._path = path
         self.pods = pods
         self._last: dict[int, Identity] = {}  # the last live resolution, for removed cgroups
+        self._unparsed: set[int] = set()  # kubepods cgroups whose path gave no pod UID
+        self.unparsed = 0  # their count (monotonic)
 
     def of(self, cgroup_id: int) -> Identity:
         if not cgroup_id:
@@ -158,6 +169,11 @@ class IdentityResolver:
 
     def _resolve(self, cgroup_id: int, path: str) -> Identity:
         w = parse_workload(path)
+        leaf = path.rstrip("/").rsplit("/", 1)[-1]
+        unparsed = w.pod_uid is None and "kubepods" in path and leaf not in _POD_PARENTS
+        if unparsed and cgroup_id not in self._unparsed:  # labelled with the raw path, counted once
+            self._unparsed.add(cgroup_id)
+            self.unparsed += 1
         ns = pod = container = None
         if w.pod_uid is not None and self.pods is not None:
             meta = self.pods.pod(w.pod_uid)
@@ -174,6 +190,7 @@ class IdentityResolver:
         """Drop remembered identities of removed cgroups no longer counted anywhere."""
         for cg in [c for c in self._last if c not in keep]:
             del self._last[cg]
+        self._unparsed &= keep
 
 
 def _removed(i: Identity) -> Identity:

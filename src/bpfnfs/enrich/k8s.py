@@ -57,7 +57,7 @@ def pod_meta(obj: dict[str, Any]) -> PodMeta | None:
 
 @dataclass
 class WatchStats:
-    state: str = "starting"  # starting, synced, unreachable, forbidden
+    state: str = "starting"  # starting, synced, unreachable, forbidden, misconfigured
     pods: int = 0
     lists: int = 0
     events: int = 0
@@ -178,16 +178,17 @@ class PodWatcher:
                     f"({e.status} {e.reason}); pods are labelled with their UID and container id "
                     "from the cgroup path until it answers",
                 )
-            except Exception as e:
+            except Exception as e:  # the network, TLS, a bad kubeconfig: keep collecting
                 self.stats.errors += 1
-                self.stats.state = "unreachable"
+                bad_config = api is None  # failed before any request: the kubeconfig or in-cluster files
+                self.stats.state = "misconfigured" if bad_config else "unreachable"
+                where = self.kubeconfig or "in-cluster configuration"
                 self._once(
-                    "unreachable",
-                    f"kubernetes API unreachable ({type(e).__name__}: {str(e)[:200]}); pods are labelled "
-                    "with their UID and container id from the cgroup path until it answers",
+                    self.stats.state,
+                    (f"kubernetes: {where} unusable" if bad_config else "kubernetes API unreachable")
+                    + f" ({type(e).__name__}: {str(e)[:200]}); pods are labelled with their UID and "
+                    "container id from the cgroup path until it answers",
                 )
-                if "config" in type(e).__module__:
-                    api = None
             if self._stop.wait(backoff):
                 return
             backoff = min(BACKOFF_MAX, backoff * 2)

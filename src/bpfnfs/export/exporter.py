@@ -3,6 +3,7 @@ the compat collector when asked for, process metrics, and the HTTP endpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from typing import Protocol
@@ -78,6 +79,8 @@ def agent_status(
         counting=(c.method, c.preemption.model) if (c := agent.counting) is not None else None,
         config_reloads=reloads.reloads if reloads is not None else 0,
         dns=agent.dns.stats() if agent.dns is not None else None,
+        kubernetes=dataclasses.asdict(agent.pods.stats) if agent.pods is not None else None,
+        unparsed_cgroups=agent.identity.unparsed,
         config_reload_failures=reloads.failures if reloads is not None else 0,
     )
 

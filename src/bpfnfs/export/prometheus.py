@@ -74,6 +74,8 @@ class AgentStatus:
     config_reloads: int = 0  # SIGHUP reloads read and applied (or found unchanged)
     config_reload_failures: int = 0  # invalid files on SIGHUP (the old configuration stayed)
     dns: dict[str, Any] | None = None  # DnsCache.stats() with features.dns
+    kubernetes: dict[str, Any] | None = None  # PodWatcher stats with the Kubernetes API on
+    unparsed_cgroups: int = 0  # kubepods cgroups whose path gave no pod UID (labelled raw)
 
 
 def hist_buckets(h: Log2Hist) -> list[tuple[str, float]]:
@@ -592,6 +594,38 @@ class BpfnfsCollector(Collector):
             fams.gauge("bpfnfs_dns_in_flight", "Resolver calls under way.", []).add_metric(
                 [], st.dns.get("in_flight", 0)
             )
+        if st.kubernetes is not None:
+            k = st.kubernetes
+            up = fams.gauge(
+                "bpfnfs_kubernetes_watch_state",
+                "The pod watch: 1 for its state (synced, starting, unreachable, forbidden, misconfigured).",
+                ["state"],
+            )
+            for state in ("synced", "starting", "unreachable", "forbidden", "misconfigured"):
+                up.add_metric([state], 1.0 if k.get("state") == state else 0.0)
+            fams.gauge("bpfnfs_kubernetes_pods", "Pods of this node known from the API.", []).add_metric(
+                [], k.get("pods", 0)
+            )
+            for key, name, doc in (
+                ("lists", "bpfnfs_kubernetes_lists_total", "Full lists of this node's pods."),
+                ("events", "bpfnfs_kubernetes_watch_events_total", "Watch events received."),
+                (
+                    "expired",
+                    "bpfnfs_kubernetes_watch_expired_total",
+                    "Watches that expired (410 Gone): listed again.",
+                ),
+                (
+                    "errors",
+                    "bpfnfs_kubernetes_errors_total",
+                    "API requests that failed (the watch backs off).",
+                ),
+            ):
+                fams.counter(name, doc, []).add_metric([], k.get(key, 0))
+        fams.counter(
+            "bpfnfs_identity_unparsed_cgroups_total",
+            "cgroups under kubepods whose path gave no pod UID: labelled with the raw path.",
+            [],
+        ).add_metric([], st.unparsed_cgroups)
         fams.counter(
             "bpfnfs_config_reloads_total", "Configuration reloads (SIGHUP) that were read and validated.", []
         ).add_metric([], st.config_reloads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -163,7 +164,8 @@ class BpfObject:
             self.links.append(Link(name, p.section, link))
         self.lib.raise_pending()
         if not link:
-            raise LoadError(f"cannot attach {p.section} ({errno_message(0)})\n" + self._log())
+            hint = _perf_hint(ctypes.get_errno())
+            raise LoadError(f"cannot attach {p.section} ({errno_message(0)}){hint}\n" + self._log())
         return self.links[-1]
 
     def attach_kretprobe(self, name: str, func: str, maxactive: int, tracefs: Path) -> Link:
@@ -188,7 +190,8 @@ class BpfObject:
         if not link:
             msg = errno_message(0)
             _remove_kprobe_event(events, spec)
-            raise LoadError(f"cannot attach {p.section} through {spec} ({msg})\n" + self._log())
+            hint = _perf_hint(ctypes.get_errno())
+            raise LoadError(f"cannot attach {p.section} through {spec} ({msg}){hint}\n" + self._log())
         lk = Link(name, p.section, link, (events, spec))
         self.links.append(lk)
         return lk
@@ -221,6 +224,24 @@ def global_map(maps: dict[str, Map], section: str) -> Map | None:
         if name.endswith(section) and "." not in name[: -len(section)]:
             return m
     return None
+
+
+def _perf_hint(err: int) -> str:
+    """Why perf_event_open (classic tracepoints, kprobes) said EACCES/EPERM to a process that
+    has CAP_PERFMON: Debian's and Ubuntu's kernels add kernel.perf_event_paranoid=3 (their
+    default), which allows perf events to CAP_SYS_ADMIN only."""
+    if err not in (errno.EACCES, errno.EPERM):
+        return ""
+    try:
+        paranoid = int(Path("/proc/sys/kernel/perf_event_paranoid").read_text())
+    except (OSError, ValueError):
+        return ""
+    if paranoid < 3:
+        return ""
+    return (
+        f"; kernel.perf_event_paranoid is {paranoid} (Debian's and Ubuntu's default), which allows "
+        "perf events only to CAP_SYS_ADMIN: add that capability, or set kernel.perf_event_paranoid=2"
+    )
 
 
 def _write_kprobe_events(events: Path, line: str) -> None:

@@ -130,14 +130,23 @@ def _module_btf(name: str, btf_dir: Path) -> bool:
     return Path(f"/sys/module/{name}").is_dir() and not Path(f"/sys/module/{name}/initstate").exists()
 
 
-def attach_btf_missing(btf: BtfSource | Path | None = None) -> str | None:
+def attach_btf_missing(btf: BtfSource | Path | None = None, caps: int | None = None) -> str | None:
     """Why the kernel's own BTF cannot serve tp_btf and fentry/fexit attach targets
     (None: it can). libbpf resolves them in the kernel's vmlinux BTF, found at
     /sys/kernel/btf/vmlinux, and in the kernel's module BTF; btf_custom_path is for
-    CO-RE only. Module BTF from elsewhere (btf.model_dir) is not the kernel's."""
+    CO-RE only. Module BTF from elsewhere (btf.model_dir) is not the kernel's. libbpf
+    reaches the kernel's module BTF objects through BPF_BTF_GET_NEXT_ID and
+    BPF_BTF_GET_FD_BY_ID, which the kernel allows only with CAP_SYS_ADMIN (a container
+    with CAP_BPF and CAP_PERFMON alone gets EPERM there)."""
     src = _source(btf)
     if not (src.sysfs / "vmlinux").is_file():
         return f"the kernel exposes no BTF of its own ({src.sysfs}/vmlinux is missing)"
+    caps = effective_caps() if caps is None else caps
+    if not caps >> CAP_SYS_ADMIN & 1:
+        return (
+            "the kernel hands its module BTF (sunrpc, nfs) only to CAP_SYS_ADMIN (BPF_BTF_GET_NEXT_ID), "
+            "which this process does not have"
+        )
     if src.module_dir != src.sysfs:
         missing = [m for m in ("sunrpc", "nfs") if not _module_btf(m, src.sysfs)]
         if missing:

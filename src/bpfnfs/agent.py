@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bpfnfs.collect import records as R
 from bpfnfs.collect.losses import hook_losses, total_lost
+from bpfnfs.collect.retire import Retirer
 from bpfnfs.collect.snapshot import FileKey, read_snapshot
 from bpfnfs.collect.views import Report, build_report
 from bpfnfs.config import Config, ConfigError
@@ -64,6 +65,13 @@ class Agent:
             self.pods = PodWatcher(node, kubeconfig, log=log)
         self.identity = IdentityResolver(self.cgroups.path, self.pods)  # cgroup id -> cgroup, pod, container
         self.volumes = VolumeResolver(self.view, self.pods)  # mount point -> pod volume and claim
+        # Entries of exited processes and removed cgroups, folded away from the kernel maps.
+        self.retirer = Retirer(
+            pid_alive=lambda pid: os.path.exists(f"{self.view.proc}/{pid}"),
+            cgroup_alive=lambda cg: self.cgroups.path(cg) is not None,
+            rescan=self.cgroups.rescan,
+        )
+        self._chains: dict[int, list[int]] = {}  # dev -> its RPC clients, from the last report
         self._cgroup_filter: Path | None = None
         self._filter_ids: set[int] = set()
         self._no_mounts_logged = False
@@ -231,10 +239,23 @@ class Agent:
                 m.delete(k)
             if name == "files":
                 self._files_deleted += len(doomed)
+        # The RPC clients only the unmounted superblocks used (a v4 lease client shared with a
+        # live mount stays): their per-op entries, client records and errors go too.
+        live_clids = {c for d, chain in self._chains.items() if d in live_devs for c in chain}
+        dead_clids = {c for d in gone for c in self._chains.get(d, ())} - live_clids
+        for d in gone:
+            self._chains.pop(d, None)
+        if dead_clids:
+            rm = maps["rpc_stats"]
+            for k in [k for k, _v in rm.items() if R.RPC_KEY.unpack(k)[0] in dead_clids]:
+                rm.delete(k)
+            for clid in dead_clids:
+                maps["clients"].delete(R.U32.pack(clid))
+        self.retirer.forget_devs(gone)
         em = maps["errors"]
         for k, _v in list(em.items()):
             eid, kind = R.ERR_KEY.unpack(k)[:2]
-            if kind == R.ERR_VFS and eid in gone:
+            if (kind == R.ERR_VFS and eid in gone) or (kind != R.ERR_VFS and eid in dead_clids):
                 em.delete(k)
         with self._ring_lock:
             for fk in [fk for fk in self.paths if fk[0] in gone]:
@@ -250,7 +271,11 @@ class Agent:
         self._update_cgroup_filter()
         self.drain()
         self._retire({nm.mount.dev for nm in self.mounts.nfs_list()})
+        if self.retirer.due():
+            self.retirer.sweep(self.obj.maps)
         snap = read_snapshot(self.obj.maps)
+        self.retirer.apply(snap)
+        snap.counters["retired_entries"] = self.retirer.folded
         # Removed cgroups keep their last identity only while the kernel still counts them.
         self.identity.forget({k.cgroup_id for k in snap.vfs} | {k.cgroup_id for k in snap.owners})
         snap.programs = self.loader.program_stats()
@@ -278,6 +303,8 @@ class Agent:
             paths=paths,
             probe_failures=self.probe_failures,
         )
+        for m in rep.mounts:
+            self._chains[m.kdev] = list(m.clients)
         for m in rep.mounts:  # kubelet's volume paths: pod, volume and claim (never waits for the API)
             v = self.volumes.of(m.mount_point)
             m.volume = v.as_dict() if v is not None else None

@@ -81,6 +81,11 @@ DEAD_SUITES = ("trixie-preempt",)
 # Pods and containers with runc as kubelet + containerd lay them out, the stand-in API server,
 # and bpfnfs in a container with the DaemonSet's capabilities (lab.check_pods).
 PODS_SUITES = ("trixie",)
+# Pod churn (lab.check_churn): 100 pods come and go in make test; `make churn` runs 1,000 in a VM
+# of its own (a long run) on 5.10, whose kernel has no lookup-and-delete for hash maps.
+CHURN_SUITES = ("trixie-preempt",)
+CHURN_LONG = os.environ.get("LAB_CHURN") == "1"
+CHURN_LONG_SUITE, CHURN_LONG_PODS = "bullseye", 1000
 
 
 def _guest_cmd(suite: str, out: Path, late: bool) -> str:
@@ -95,6 +100,8 @@ def _guest_cmd(suite: str, out: Path, late: bool) -> str:
         config += f"{VENV_PY} -m lab.check_btf --skip-btf-tier --out {out} || rc=${{rc:-$?}}; "
     if suite in PODS_SUITES:
         config += f"{VENV_PY} -m lab.check_pods --out {out} || rc=${{rc:-$?}}; "
+    if suite in CHURN_SUITES:
+        config += f"{VENV_PY} -m lab.check_churn --out {out} --pods 100 || rc=${{rc:-$?}}; "
     if suite in DEAD_SUITES:  # last: it stops and restarts nfsd
         config += f"{VENV_PY} -m lab.check_dead --out {out} || rc=${{rc:-$?}}; "
     return (
@@ -125,6 +132,16 @@ def _boot(job: tuple[str, bool]) -> tuple[str, bool, Any]:
     suite, late = job
     if suite == "bench":
         return suite, late, _bench_smoke()
+    if suite == "churn":
+        out = OUT / "churn-long"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        cmd = f"{VENV_PY} -m lab.check_churn --out {out} --pods {CHURN_LONG_PODS}"
+        return (
+            suite,
+            late,
+            vm.run(CHURN_LONG_SUITE, ["sh", "-c", cmd], out, nfs="full", mem="1536M", timeout=3600),
+        )
     out = OUT / (f"{suite}-late" if late else suite)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -174,6 +191,7 @@ def lab_runs() -> dict[tuple[str, bool], Any]:
     # Longest first, so the pool of two ends together: the bench smoke, the preemptible
     # kernels (three workers and a second agent), the others, the short late-attach boots.
     jobs = [("bench", False)] if BENCH_SMOKE else []
+    jobs += [("churn", False)] if CHURN_LONG else []
     jobs += sorted(((s, False) for s in SUITES), key=lambda j: j[0] not in PREEMPTIBLE)
     jobs += [(s, True) for s in LATE if s in SUITES]
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -323,6 +341,28 @@ def test_pods_and_containers(suite: str, lab_runs: dict[tuple[str, bool], Any]) 
     names = " ".join(x["check"] for x in r["checks"])
     for what in ("shop/cart", "jobs/queue", "mountstats", "daemonset container", "without CAP_SYS_ADMIN"):
         assert what in names, f"scenario missing: {what}"
+
+
+@pytest.mark.parametrize("suite", CHURN_SUITES)
+def test_pod_churn(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
+    """100 pods (cgroups + processes) write and go: kernel entries, the agent's RSS and its
+    series return to their baseline, and every byte stays in the totals (lab.check_churn)."""
+    if (suite, False) not in lab_runs:
+        pytest.skip(f"{suite} not in LAB_SUITES")
+    r = _load(OUT / suite / "churn.json")
+    bad = [x for x in r["checks"] if not x["ok"]]
+    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}; figures {r.get('figures')}"
+
+
+def test_pod_churn_long(lab_runs: dict[tuple[str, bool], Any]) -> None:
+    """`make churn`: the same with 1,000 pods on 5.10 (its own VM, a long run)."""
+    if ("churn", False) not in lab_runs:
+        pytest.skip("the 1,000-pod churn runs in `make churn` (LAB_CHURN=1), not in make test")
+    res = lab_runs[("churn", False)]
+    r = _load(OUT / "churn-long" / "churn.json")
+    bad = [x for x in r["checks"] if not x["ok"]]
+    assert not bad, f"{len(bad)} failed: {bad[:10]}; figures {r.get('figures')}"
+    assert res.rc == 0, f"rc {res.rc}: {res.error}; see {res.console_log}"
 
 
 @pytest.mark.parametrize("suite", LATE)

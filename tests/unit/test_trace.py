@@ -49,6 +49,7 @@ def test_vfs_event_line_and_json() -> None:
     d = json.loads(json.dumps(op.as_dict(ident)))
     assert d["latency_ms"] == 250.0 and d["cgroup"] == f"/kubepods/pod{uid}/{'c' * 64}" and d["fileid"] == 42
     assert d["pod_uid"] == uid and d["container_id"] == "c" * 64
+    assert op.line(ident).endswith(f"/mnt/a/dir/f  [{uid}]")  # the pod's UID until the API names it
     assert HEADER.split()[:4] == ["TIME", "COMM", "PID", "OP"]
 
 

@@ -54,13 +54,16 @@ class SlowOp:
     xid: int
     task_id: int
 
-    def line(self) -> str:
+    def line(self, ident: Identity | None = None) -> str:
         t = datetime.fromtimestamp(self.wall).strftime("%H:%M:%S.%f")[:12]
         where = self.file or (f"{self.mount} fileid {self.fileid}" if self.fileid else self.mount or "?")
         nbytes = str(self.bytes) if self.kind == "vfs" and self.op in ("read", "write") else "-"
+        pod = ""
+        if ident is not None and ident.pod_label:  # in a pod: whose, after the file
+            pod = f"  [{ident.pod_label}{'/' + ident.container if ident.container else ''}]"
         return (
             f"{t:<12} {self.comm[:16]:<16} {self.pid:>7} {self.op[:12]:<12} {self.latency_ns / 1e6:>10.3f} "
-            f"{nbytes:>9} {self.errno or '-':<10} {where}"
+            f"{nbytes:>9} {self.errno or '-':<10} {where}{pod}"
         )
 
     def as_dict(self, ident: Identity | None = None) -> dict[str, Any]:
@@ -212,10 +215,11 @@ def run_trace(cfg: Config, agent_factory: Callable[..., Agent] = Agent) -> int:
                 op = tracer.decode(agent.events.popleft(), mounts, offset_ns)
                 if op is None:
                     continue
+                ident = agent.identity.of(op.cgroup_id)
                 if cfg.view.format == "json":
-                    out.append(json.dumps(op.as_dict(agent.identity.of(op.cgroup_id)), separators=(",", ":")))
+                    out.append(json.dumps(op.as_dict(ident), separators=(",", ":")))
                 else:
-                    out.append(op.line())
+                    out.append(op.line(ident))
                 tracer.printed += 1
                 if cfg.view.count is not None and tracer.printed >= cfg.view.count:
                     break

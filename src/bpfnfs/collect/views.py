@@ -18,7 +18,7 @@ from bpfnfs.collect.snapshot import (
     VfsStats,
     accumulate,
 )
-from bpfnfs.enrich.identity import Identity
+from bpfnfs.enrich.identity import RETIRED_CG, RETIRED_LABEL, Identity
 from bpfnfs.enrich.mounts import NfsMount, client_chains
 
 VfsRow = tuple[str, int, int, str]  # (op, pid, cgroup_id, comm)
@@ -29,6 +29,18 @@ LAYERS = {R.ERR_RPC: "rpc", R.ERR_XDR: "server", R.ERR_XDR4: "server", R.ERR_VFS
 
 def _sub_dict(cur: dict[Any, Any], prev: dict[Any, Any], zero: Any) -> dict[Any, Any]:
     return {k: v - prev.get(k, zero) for k, v in cur.items()}
+
+
+def _folded(cur: dict[Any, Any], prev: dict[Any, Any], retired: Callable[[Any], Any]) -> dict[Any, Any]:
+    """prev as if the identities retired since (collect.retire: gone from cur, their figures
+    moved to the retired row) had been folded already, so an interval shows only new activity."""
+    out = dict(prev)
+    for k, v in prev.items():
+        if k not in cur and retired(k) in cur:
+            r = retired(k)
+            out[r] = out[r] + v if r in out else v
+            del out[k]
+    return out
 
 
 def path_in_mount(root: str, mount_point: str, sb_path: str | None) -> tuple[str | None, str | None]:
@@ -71,12 +83,14 @@ class MountReport:
         return replace(self, io=IoStats(), ops={}, vfs={}, owners={}, errors={}, files={})
 
     def __sub__(self, prev: MountReport) -> MountReport:
+        pv = _folded(self.vfs, prev.vfs, lambda k: (k[0], 0, RETIRED_CG, ""))
+        po = _folded(self.owners, prev.owners, lambda _k: (0, RETIRED_CG, ""))
         return replace(
             self,
             io=self.io - prev.io,
             ops=_sub_dict(self.ops, prev.ops, RpcOpStats()),
-            vfs=_sub_dict(self.vfs, prev.vfs, VfsStats()),
-            owners=_sub_dict(self.owners, prev.owners, OwnerStats()),
+            vfs=_sub_dict(self.vfs, pv, VfsStats()),
+            owners=_sub_dict(self.owners, po, OwnerStats()),
             errors=_sub_dict(self.errors, prev.errors, 0),
             files=_sub_dict(self.files, prev.files, FileStats()),
         )
@@ -248,9 +262,13 @@ def identity_rows(m: MountReport, by: str, identity: Callable[[int], Identity]) 
     def row(pid: int, cg: int, comm: str) -> dict[str, Any]:
         ident = identity(cg) if by != "process" else None
         key: Any = (comm, pid) if ident is None else cg if by == "cgroup" else ident.pod_label
+        if cg == RETIRED_CG:  # collect.retire: one row for every identity folded away
+            key, ident = RETIRED_CG, identity(cg)
         r = rows.get(key)
         if r is None:
-            if ident is None:
+            if cg == RETIRED_CG:
+                r = {"name": RETIRED_LABEL, "cgroup_id": cg, "cgroup": None}
+            elif ident is None:
                 name = f"{comm} [{pid}]" if pid else (comm or "(unattributed)")
                 r = {"name": name, "comm": comm, "pid": pid or None}
             elif by == "cgroup":

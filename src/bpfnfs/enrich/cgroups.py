@@ -65,6 +65,11 @@ class CgroupResolver:
     def new_interval(self) -> None:
         self._scanned = False
 
+    def rescan(self) -> None:
+        """Walk the tree now (collect.retire: a cgroup missing after this is removed)."""
+        self._paths = _walk(self.root) if self.root is not None else {}
+        self._scanned = True
+
 
 def resolve_filter(path: str, root: Path | None) -> Path:
     """Validates --cgroup PATH (absolute, or relative to the cgroup2 root)."""

@@ -32,6 +32,9 @@ _POD = re.compile(
 _CONTAINER = re.compile(
     r"^(?:(?P<rt>cri-containerd|crio|docker|libpod|containerd)-)?(?P<id>[0-9a-f]{64})(?:\.scope)?$"
 )
+# The identity that entries of exited processes and removed cgroups are folded into
+# (collect.retire): no cgroup has this id.
+RETIRED_CG = (1 << 64) - 1
 _RUNTIMES = {"cri-containerd": "containerd", "containerd": "containerd", "crio": "cri-o", "docker": "docker"}
 _QOS = {"burstable", "besteffort", "guaranteed"}
 # kubepods levels above any pod: a process there (rare) is not an unparsable path.
@@ -125,6 +128,8 @@ class Identity:
         """The cgroup as a label or table cell: its path, or what is known of it."""
         if not self.cgroup_id:
             return ""
+        if self.cgroup_id == RETIRED_CG:
+            return RETIRED_LABEL
         return self.cgroup if self.cgroup is not None else f"cgroup {self.cgroup_id}"
 
     @property
@@ -143,6 +148,10 @@ class Identity:
         return d
 
 
+RETIRED_LABEL = "(exited processes and removed cgroups)"
+RETIRED = Identity(RETIRED_CG, RETIRED_LABEL, removed=True)
+
+
 class IdentityResolver:
     """cgroup id -> Identity, for every output. `path` is the cgroup id -> path lookup
     (enrich.cgroups.CgroupResolver.path); `pods` the Kubernetes pod index, if any."""
@@ -157,6 +166,8 @@ class IdentityResolver:
     def of(self, cgroup_id: int) -> Identity:
         if not cgroup_id:
             return Identity(0, None)
+        if cgroup_id == RETIRED_CG:
+            return RETIRED
         path = self._path(cgroup_id)
         if path is None:
             last = self._last.get(cgroup_id)
@@ -199,4 +210,13 @@ def _removed(i: Identity) -> Identity:
     return replace(i, removed=True)
 
 
-__all__ = ["Identity", "IdentityResolver", "PodIndex", "PodMeta", "Workload", "parse_workload"]
+__all__ = [
+    "RETIRED",
+    "RETIRED_CG",
+    "Identity",
+    "IdentityResolver",
+    "PodIndex",
+    "PodMeta",
+    "Workload",
+    "parse_workload",
+]

@@ -551,6 +551,11 @@ class BpfnfsCollector(Collector):
         fams.counter(
             "bpfnfs_map_evictions_total", "Entries an LRU map evicted (their counts restart).", ["map"]
         ).add_metric(["files"], c.get("file_evictions", 0))
+        fams.counter(
+            "bpfnfs_retired_entries_total",
+            "Kernel entries of exited processes and removed cgroups folded into retained totals and deleted.",
+            [],
+        ).add_metric([], c.get("retired_entries", 0))
         full = fams.counter("bpfnfs_map_full_total", "Updates lost because a kernel map was full.", ["map"])
         for counter, m in MAP_FULL:
             full.add_metric([m], c.get(counter, 0))

@@ -94,6 +94,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
         "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_uint64]),
         "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
+        "bpf_map_lookup_and_delete_elem": (c_int, [c_int, c_void_p, c_void_p]),
         "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
         "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
         "bpf_program__attach_tracepoint": (c_void_p, [c_void_p, c_char_p, c_char_p]),

@@ -11,6 +11,8 @@ from typing import Any
 from bpfnfs.loader.libbpf import BpfMapBatchOpts, Libbpf, LibbpfError, errno_message
 from bpfnfs.loader.sched import MAP_SYSCALLS
 
+ENOTSUPP = 524  # the kernel's own 'operation not supported' (not in errno)
+
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_HASH = 5
@@ -38,6 +40,7 @@ class Map:
     fd: int = -1
     # (batch, stride) and the lookup buffers of the last batched read; None while one is running.
     _batch_bufs: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _atomic_delete: bool = field(default=True, init=False, repr=False, compare=False)
 
     @classmethod
     def from_libbpf(cls, lib: Libbpf, ptr: int) -> Map:
@@ -162,6 +165,24 @@ class Map:
         with MAP_SYSCALLS.guard():
             ret = self.lib.lib.bpf_map_lookup_elem(self.fd, key, val)
         return val.raw if ret == 0 else None
+
+    def lookup_and_delete(self, key: bytes) -> bytes | None:
+        """The value, removed in the same step (hash maps, kernel >= 5.14: no update between the
+        read and the delete is lost); where the kernel lacks it, a lookup then a delete."""
+        ncpus = self.lib.num_possible_cpus() if self.percpu else 1
+        val = ctypes.create_string_buffer(self._stride(ncpus))
+        if self._atomic_delete:
+            with MAP_SYSCALLS.guard():
+                ret = self.lib.lib.bpf_map_lookup_and_delete_elem(self.fd, key, val)
+            if ret == 0:
+                return val.raw
+            if ret not in (-errno.EINVAL, -ENOTSUPP, -errno.EOPNOTSUPP):
+                return None  # -ENOENT: gone already
+            self._atomic_delete = False  # this kernel has no lookup-and-delete for hash maps
+        raw = self.lookup(key)
+        if raw is not None:
+            self.delete(key)
+        return raw
 
     def delete(self, key: bytes) -> bool:
         with MAP_SYSCALLS.guard():

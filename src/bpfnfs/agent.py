@@ -70,6 +70,7 @@ class Agent:
             pid_alive=lambda pid: os.path.exists(f"{self.view.proc}/{pid}"),
             cgroup_alive=lambda cg: self.cgroups.path(cg) is not None,
             rescan=self.cgroups.rescan,
+            every=cfg.collection.retire_interval,
         )
         self._chains: dict[int, list[int]] = {}  # dev -> its RPC clients, from the last report
         self._cgroup_filter: Path | None = None
@@ -164,6 +165,7 @@ class Agent:
             except cgroups.CgroupError as e:
                 raise ConfigError(str(e)) from None
         self.cfg = cfg
+        self.retirer.every = cfg.collection.retire_interval
         self.loader.cfg = cfg
         self._cgroup_filter = new_filter
         self._update_cgroup_filter()

@@ -302,6 +302,13 @@ class Collection(Section):
     )
     max_files: int = Field(131072, ge=1024, le=1 << 24, description="Files the kernel tracks at once (LRU).")
     proc: str = Field("/proc", description="procfs to read (a host /proc mounted in a container).")
+    retire_interval: Seconds = Field(
+        10.0,
+        ge=1,
+        le=3600,
+        description="Seconds between folds of exited processes' and removed cgroups' kernel entries "
+        "into retained totals (keeps maps, memory and series flat under pod churn).",
+    )
     per_pid: bool = Field(
         False,
         description="Key syscall-side stats by process id too. On by itself with view.by process, "

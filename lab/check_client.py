@@ -145,8 +145,8 @@ def attribution(agent: Agent, c: Checks) -> None:
         _rep, d = interval(agent, prev)
         m = d[mp]
         ms1 = mountstats_bytes(mp)
-        rows = {r["pid"]: r for r in identity_rows(m, "process", agent.cgroups.path)}
-        cgrows = {r["cgroup_id"]: r for r in identity_rows(m, "cgroup", agent.cgroups.path)}
+        rows = {r["pid"]: r for r in identity_rows(m, "process", agent.identity.of)}
+        cgrows = {r["cgroup_id"]: r for r in identity_rows(m, "cgroup", agent.identity.of)}
         for cg, n in counts.items():
             assert first[cg]["written"] == n["written"]
             pid = n["pid"]
@@ -409,9 +409,9 @@ def stale(agent: Agent, c: Checks) -> None:
         k for k in rep2.snapshot.files if k[0] in soft_devs
     ]
     c.eq("no kernel entries left for the unmounted superblock", len(left), 0)
-    rows = identity_rows(d2["/mnt/nfs3"], "cgroup", agent.cgroups.path)
+    rows = identity_rows(d2["/mnt/nfs3"], "cgroup", agent.identity.of)
     c.eq("no rows in the next interval (deleted file, removed cgroup)", [r["name"] for r in rows], [])
-    cg_rows = identity_rows(d["/mnt/nfs3"], "cgroup", agent.cgroups.path)
+    cg_rows = identity_rows(d["/mnt/nfs3"], "cgroup", agent.identity.of)
     c.add(
         "a removed cgroup is shown as removed, not dropped",
         any("removed" in str(r["name"]) for r in cg_rows),

@@ -2,8 +2,9 @@
 
 vfs_stats and owners are keyed by (mount, [pid,] cgroup, comm). On a node where pods come
 and go all day, every identity that ever did NFS I/O would keep its entries until the mount
-goes away, and the maps would fill. Every SWEEP_SECONDS the agent folds the entries of
-identities that are gone (pid no longer in /proc; cgroup no longer in the cgroup2 tree,
+goes away, and the maps would fill. Every collection.retire_interval the agent folds the entries
+of identities that are gone (found gone by two sweeps in a row, so the report between them still
+names them) (pid no longer in /proc; cgroup no longer in the cgroup2 tree,
 checked by a fresh scan made after the map was read, so a cgroup created meanwhile is never
 taken for a removed one) into one retained identity per mount and op (RETIRED_CG), and
 deletes them from the kernel. The fold reads and deletes each entry in one step where the
@@ -42,6 +43,7 @@ class Retirer:
     owners: dict[OwnerKey, OwnerStats] = field(default_factory=dict)
     folded: int = 0  # kernel entries folded and deleted (monotonic)
     _next: float = 0.0
+    _gone: set[tuple[int, int]] = field(default_factory=set)  # (pid, cgroup) found gone last sweep
 
     def due(self) -> bool:
         return self.clock() >= self._next
@@ -61,12 +63,22 @@ class Retirer:
         dead_cgs = {cg for cg in cgs if not self.cgroup_alive(cg)}
         pids: dict[int, bool] = {}
 
-        def dead(pid: int, cg: int) -> bool:
+        def gone(pid: int, cg: int) -> bool:
             if cg in dead_cgs:
                 return True
             if pid and pid not in pids:
                 pids[pid] = not self.pid_alive(pid)
             return bool(pid) and pids[pid]
+
+        # Folded only when found gone by two sweeps in a row: the report between them still shows
+        # the process or cgroup under its own name (its last interval is not lost to the fold).
+        seen_gone, self._gone = self._gone, set()
+
+        def dead(pid: int, cg: int) -> bool:
+            if not gone(pid, cg):
+                return False
+            self._gone.add((pid, cg))
+            return (pid, cg) in seen_gone
 
         n = 0
         for k in vkeys:

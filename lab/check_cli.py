@@ -122,7 +122,7 @@ def mounted(c: Checks, out: Path) -> None:
         (["--cgroup", "/no/such/cgroup"], "filter.cgroup /no/such/cgroup"),
         (["--mount", "relative"], "filter.mount (--mount)"),
         (["--server", "bad host!"], "filter.server (--server)"),
-        (["--by", "pod"], "--by"),
+        (["--by", "container"], "--by"),
     ):
         r = subprocess.run([*BPFNFS, *args, "--count", "1"], capture_output=True, text=True, timeout=120)
         c.add(

@@ -224,15 +224,21 @@ def runc(name: str, cfg: dict[str, Any], out: Path) -> subprocess.Popen[bytes]:
     )
 
 
+LINGER = 20  # seconds a container stays after its writes: its series are scraped while it lives
+
+
 def workload(p: Pod) -> list[str]:
-    """Buffered writes left for writeback, an fsync'd file, and a forked child's file."""
+    """Buffered writes left for writeback, an fsync'd file, and a forked child's file; then it
+    lingers, as a pod does, so /metrics is read while its cgroup exists (the series of a removed
+    cgroup end, docs/metrics.md)."""
     f = f"/data/{p.name}"
     return [
         "sh",
         "-c",
         f"dd if=/dev/zero of={f}.buffered bs=64k count=40 2>/dev/null && "
         f"dd if=/dev/zero of={f}.fsync bs=64k count=20 conv=fsync 2>/dev/null && "
-        f"sh -c 'dd if=/dev/zero of={f}.child bs=4k count=16 2>/dev/null'",
+        f"sh -c 'dd if=/dev/zero of={f}.child bs=4k count=16 2>/dev/null' && "
+        f"sleep {LINGER}",
     ]
 
 
@@ -314,6 +320,15 @@ def attribution(c: Checks, out: Path, kcfg: str) -> None:
                 ["pid", "network", "ipc", "uts", "mount"],
             )
             procs.append((pd, runc(f"pod-{pd.name}", cfg, out)))
+        deadline = time.monotonic() + 120
+        written = [Path(SHARED_WITH) / f"{pd.name}.child" for pd in PODS]
+        while time.monotonic() < deadline and not all(f.exists() for f in written):
+            time.sleep(0.5)
+        time.sleep(1)
+        sh("sync")  # the buffered files' writeback, from the node: billed to their last dirtier
+        time.sleep(5)  # two intervals
+        after = server_write_bytes(SHARED_WITH)
+        text = scrape()
         for pd, pr in procs:
             rc = pr.wait(timeout=300)
             c.add(
@@ -321,10 +336,6 @@ def attribution(c: Checks, out: Path, kcfg: str) -> None:
                 rc == 0,
                 (out / f"pod-{pd.name}.stderr").read_text(),
             )
-        sh("sync")  # the buffered files' writeback, from the node: billed to their last dirtier
-        time.sleep(5)  # two intervals
-        after = server_write_bytes(SHARED_WITH)
-        text = scrape()
     finally:
         rc = stop(p)
     c.add("agent: exits 0", rc == 0, se.read_text()[-800:])

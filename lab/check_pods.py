@@ -429,6 +429,9 @@ def daemonset(c: Checks, out: Path, kcfg: str) -> None:
             "source": "/var/lib/kubelet",
             "options": ["rbind", "ro"],
         },
+        # bpfnfs itself, as the image carries it: this checkout and its venv (under /tmp on some
+        # machines, which the container's own /tmp tmpfs would hide).
+        {"destination": str(ROOT), "type": "bind", "source": str(ROOT), "options": ["rbind", "ro"]},
         {
             "destination": "/etc/bpfnfs",
             "type": "bind",

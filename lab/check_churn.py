@@ -29,7 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from lab.check_cli import Checks, start, stop, wait_for
+from lab.check_cli import Checks, docs, start, stop, wait_for
+from lab.check_client import mountstats_bytes
 
 PORT = 9135
 MP = "/mnt/nfs3"
@@ -39,18 +40,12 @@ RETIRE_INTERVAL = 3  # collection.retire_interval for this agent (default 10 s):
 SWEEP_WAIT = 2 * RETIRE_INTERVAL + 3.0  # two folds and an interval
 
 
+def server_write_bytes_of(mp: str) -> int:
+    return mountstats_bytes(mp)["serverwritebytes"]
+
+
 def log(msg: str) -> None:
     print(f"lab.check_churn: {msg}", flush=True)
-
-
-def server_write_bytes(mp: str) -> int:
-    cur = None
-    for line in Path("/proc/self/mountstats").read_text().splitlines():
-        if line.startswith("device "):
-            cur = line.split(" mounted on ")[1].split(" with ")[0]
-        elif cur == mp and line.strip().startswith("bytes:"):
-            return int(line.split()[6])
-    raise RuntimeError(f"no bytes: line for {mp}")
 
 
 def entries() -> int:
@@ -121,16 +116,6 @@ def churn(n: int, d: Path, first: int = 0) -> int:
     return bad
 
 
-def docs(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -158,7 +143,7 @@ def main() -> int:
     p, so, se = start(args_, out, "agent")
     try:
         c.add("agent: first report", wait_for(so, '"mounts"', 120), se.read_text()[-800:])
-        w0 = server_write_bytes(MP)
+        w0 = server_write_bytes_of(MP)
         churn(1, d, first=args.pods)  # warm-up: every mount-level series this workload moves exists
         time.sleep(SWEEP_WAIT)
         base = {"entries": entries(), "series": series(), "rss_kib": rss_kib(p.pid)}
@@ -171,7 +156,7 @@ def main() -> int:
         c.add("every pod's process wrote and exited 0", bad == 0, bad)
         time.sleep(SWEEP_WAIT)
         after = {"entries": entries(), "series": series(), "rss_kib": rss_kib(p.pid)}
-        w1 = server_write_bytes(MP)
+        w1 = server_write_bytes_of(MP)
         text = urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=10).read().decode()
     finally:
         rc = stop(p)

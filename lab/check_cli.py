@@ -56,6 +56,16 @@ def start(args: list[str], out: Path, name: str) -> tuple[subprocess.Popen[bytes
     return p, so, se
 
 
+def docs(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written, or a table
+    return out
+
+
 def wait_for(path: Path, text: str, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

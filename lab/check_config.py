@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from lab.check_cli import BPFNFS, OUR_PROGS, Checks, start, stop, wait_for
+from lab.check_cli import BPFNFS, OUR_PROGS, Checks, docs, start, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL = ROOT / "tests" / "data" / "original-config.yaml"
@@ -54,16 +54,6 @@ def prog_ids() -> dict[int, str]:
     return {
         p["id"]: p.get("name", "") for p in json.loads(out.stdout) if p.get("name", "").startswith(OUR_PROGS)
     }
-
-
-def docs(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written, or a table
-    return out
 
 
 def scrape(port: int) -> str:

@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lab.check_cli import BPFNFS, Checks, start, wait_for
+from lab.check_cli import BPFNFS, Checks, docs, start, wait_for
 
 PORT = 9133
 INTERVAL = 2.0
@@ -40,16 +40,6 @@ MOUNTS = ("/mnt/nfs3", "/mnt/nfs4")
 
 def log(msg: str) -> None:
     print(f"lab.check_dead: {msg}", flush=True)
-
-
-def docs(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def stamp(d: dict[str, Any]) -> float:

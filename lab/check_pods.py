@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.check_cli import BPFNFS, Checks, start, stop, wait_for
+from lab.check_cli import BPFNFS, Checks, docs, start, stop, wait_for
+from lab.check_client import mountstats_bytes
 from lab.kubeapi import ApiServer, kubeconfig, pod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,10 @@ RUN = Path("/run/lab-pods")
 CGROOT = Path("/sys/fs/cgroup")
 MOUNTSTATS = Path("/proc/self/mountstats")
 SHARED_WITH = "/mnt/nfs4"  # same export and options: the pods' volumes share its superblock
+
+
+def server_write_bytes_of(mp: str) -> int:
+    return mountstats_bytes(mp)["serverwritebytes"]
 
 
 def daemonset_caps() -> list[str]:
@@ -115,17 +120,6 @@ def log(msg: str) -> None:
 
 def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, text=True)
-
-
-def server_write_bytes(mp: str) -> int:
-    """mountstats' bytes: line, field 6 (server write bytes), of the mount at mp."""
-    cur = None
-    for line in MOUNTSTATS.read_text().splitlines():
-        if line.startswith("device "):
-            cur = line.split(" mounted on ")[1].split(" with ")[0]
-        elif cur == mp and line.strip().startswith("bytes:"):
-            return int(line.split()[6])
-    raise RuntimeError(f"no bytes: line for {mp}")
 
 
 def rootfs() -> Path:
@@ -252,16 +246,6 @@ def mount_volumes() -> None:
         raise RuntimeError(f"the pods' volumes do not share one superblock: {devs}")
 
 
-def docs(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def scrape() -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=10) as r:
         return r.read().decode()
@@ -279,7 +263,7 @@ def series(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 
 
 def attribution(c: Checks, out: Path, kcfg: str) -> None:
-    before = server_write_bytes(SHARED_WITH)
+    before = server_write_bytes_of(SHARED_WITH)
     p, so, se = start(
         [
             "--json",
@@ -327,7 +311,7 @@ def attribution(c: Checks, out: Path, kcfg: str) -> None:
         time.sleep(1)
         sh("sync")  # the buffered files' writeback, from the node: billed to their last dirtier
         time.sleep(5)  # two intervals
-        after = server_write_bytes(SHARED_WITH)
+        after = server_write_bytes_of(SHARED_WITH)
         text = scrape()
         for pd, pr in procs:
             rc = pr.wait(timeout=300)

@@ -284,19 +284,34 @@ def test_operator_views(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> No
         assert what in names, f"scenario missing: {what}"
 
 
+def _guest_checks(suite: str, lab_runs: dict[tuple[str, bool], Any], name: str, *scenarios: str) -> None:
+    """A guest check module's result file (OUT/suite/name): every check passed, and each
+    scenario named ran (a check module that stopped early must not pass by having fewer checks)."""
+    if (suite, False) not in lab_runs:
+        pytest.skip(f"{suite} not in LAB_SUITES")
+    r = _load(OUT / suite / name)
+    bad = [x for x in r["checks"] if not x["ok"]]
+    figures = f"; figures {r['figures']}" if "figures" in r else ""
+    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}{figures}"
+    names = " ".join(x["check"] for x in r["checks"])
+    for what in scenarios:
+        assert what in names, f"scenario missing: {what}"
+
+
 @pytest.mark.parametrize("suite", CONFIG_SUITES)
 def test_configuration_file(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
     """The original's config.yaml runs; a file behaves as the same flags; SIGHUP changes the
     filter with the same program ids; DNS labels, and a resolver that never answers delays no
     interval (lab.check_config)."""
-    if (suite, False) not in lab_runs:
-        pytest.skip(f"{suite} not in LAB_SUITES")
-    r = _load(OUT / suite / "config.json")
-    bad = [x for x in r["checks"] if not x["ok"]]
-    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}"
-    names = " ".join(x["check"] for x in r["checks"])
-    for what in ("original config", "same configuration", "SIGHUP: same BPF program ids", "silent resolver"):
-        assert what in names, f"scenario missing: {what}"
+    _guest_checks(
+        suite,
+        lab_runs,
+        "config.json",
+        "original config",
+        "same configuration",
+        "SIGHUP: same BPF program ids",
+        "silent resolver",
+    )
 
 
 @pytest.mark.parametrize("suite", BTF_SUITES)
@@ -304,11 +319,7 @@ def test_custom_btf(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
     """The kernel's BTF hidden: without btf.kernel bpfnfs exits 2 naming it and how to get one;
     with btf.kernel and btf.model_dir it runs, says which tier and why, and counts exactly
     (lab.check_btf)."""
-    if (suite, False) not in lab_runs:
-        pytest.skip(f"{suite} not in LAB_SUITES")
-    r = _load(OUT / suite / "btf.json")
-    bad = [x for x in r["checks"] if not x["ok"]]
-    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}"
+    _guest_checks(suite, lab_runs, "btf.json")
 
 
 @pytest.mark.parametrize("suite", DEAD_SUITES)
@@ -317,14 +328,15 @@ def test_dead_server_and_container_view(suite: str, lab_runs: dict[tuple[str, bo
     /proc/1. With nfsd stopped under hard v3 and v4.2 mounts: reports keep their 2 s spacing,
     /metrics answers, the mounts are listed as not responding, SIGINT and SIGTERM end bpfnfs as
     on a live server; when nfsd returns the mounts are mapped while it runs (lab.check_dead)."""
-    if (suite, False) not in lab_runs:
-        pytest.skip(f"{suite} not in LAB_SUITES")
-    r = _load(OUT / suite / "dead.json")
-    bad = [x for x in r["checks"] if not x["ok"]]
-    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}"
-    names = " ".join(x["check"] for x in r["checks"])
-    for what in ("own mount namespace", "dead server: SIGINT", "server back: SIGTERM", "reports keep"):
-        assert what in names, f"scenario missing: {what}"
+    _guest_checks(
+        suite,
+        lab_runs,
+        "dead.json",
+        "own mount namespace",
+        "dead server: SIGINT",
+        "server back: SIGTERM",
+        "reports keep",
+    )
 
 
 @pytest.mark.parametrize("suite", PODS_SUITES)
@@ -333,25 +345,23 @@ def test_pods_and_containers(suite: str, lab_runs: dict[tuple[str, bool], Any]) 
     on one shared superblock), named by the stand-in API server: each pod's and container's write
     bytes exact in the JSON and on /metrics, summing to mountstats' delta; bpfnfs in a container
     with the DaemonSet's capabilities sees and maps the node's mounts (lab.check_pods)."""
-    if (suite, False) not in lab_runs:
-        pytest.skip(f"{suite} not in LAB_SUITES")
-    r = _load(OUT / suite / "pods.json")
-    bad = [x for x in r["checks"] if not x["ok"]]
-    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}"
-    names = " ".join(x["check"] for x in r["checks"])
-    for what in ("shop/cart", "jobs/queue", "mountstats", "daemonset container", "without CAP_SYS_ADMIN"):
-        assert what in names, f"scenario missing: {what}"
+    _guest_checks(
+        suite,
+        lab_runs,
+        "pods.json",
+        "shop/cart",
+        "jobs/queue",
+        "mountstats",
+        "daemonset container",
+        "without CAP_SYS_ADMIN",
+    )
 
 
 @pytest.mark.parametrize("suite", CHURN_SUITES)
 def test_pod_churn(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
     """100 pods (cgroups + processes) write and go: kernel entries, the agent's RSS and its
     series return to their baseline, and every byte stays in the totals (lab.check_churn)."""
-    if (suite, False) not in lab_runs:
-        pytest.skip(f"{suite} not in LAB_SUITES")
-    r = _load(OUT / suite / "churn.json")
-    bad = [x for x in r["checks"] if not x["ok"]]
-    assert not bad, f"{suite}: {len(bad)} failed: {bad[:10]}; figures {r.get('figures')}"
+    _guest_checks(suite, lab_runs, "churn.json")
 
 
 def test_pod_churn_long(lab_runs: dict[tuple[str, bool], Any]) -> None:

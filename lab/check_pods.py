@@ -25,6 +25,13 @@ node's /proc at /host/proc (PROC_PATH), tracefs, debugfs, the cgroup2 mount and
 /var/lib/kubelet read-only, capabilities BPF, PERFMON, SYS_RESOURCE and SYS_PTRACE only, a
 root filesystem without the node's mounts: it attaches, says it reads the node's mounts through
 /host/proc/1, and lists and maps every NFS mount of the node.
+
+    python3 -m lab.check_pods --out DIR --cgroup-v1
+
+The same pods and checks on a cgroup v1-only guest (booted with lab.cgroup=v1: systemd's
+legacy layout, no cgroup2 mounted, so bpf_get_current_cgroup_id() is the root for every
+task): runc's cgroupfs driver makes the pods' cgroups in every v1 hierarchy, and bpfnfs,
+on its own, attributes by the memory controller's hierarchy. Writes pods-v1.json.
 """
 
 from __future__ import annotations
@@ -262,7 +269,7 @@ def series(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return out
 
 
-def attribution(c: Checks, out: Path, kcfg: str) -> None:
+def attribution(c: Checks, out: Path, kcfg: str, v1: bool = False) -> None:
     before = server_write_bytes_of(SHARED_WITH)
     p, so, se = start(
         [
@@ -287,6 +294,14 @@ def attribution(c: Checks, out: Path, kcfg: str) -> None:
         c.add(
             "agent: the API's pods listed", wait_for(se, "pods on node lab-node", 60), se.read_text()[-800:]
         )
+        if v1:
+            c.add(
+                "agent: says it attributes by the memory controller's v1 hierarchy (auto)",
+                "attributing processes by cgroup v1, the memory controller's hierarchy at "
+                "/sys/fs/cgroup/memory (auto: /sys/fs/cgroup is not cgroup2, no cgroup2 mount)"
+                in se.read_text(),
+                se.read_text()[-800:],
+            )
         procs = []
         for pd in PODS:
             cfg = spec(
@@ -478,11 +493,20 @@ def daemonset(c: Checks, out: Path, kcfg: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--cgroup-v1", action="store_true", help="a v1-only guest: attribution only")
     args = ap.parse_args()
-    out: Path = args.out / "pods"
+    v1 = args.cgroup_v1
+    out: Path = args.out / ("pods-v1" if v1 else "pods")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     c = Checks("lab.check_pods")
+    if v1:
+        mi = Path("/proc/self/mountinfo").read_text()
+        c.add(
+            "guest: cgroup v1 only (no cgroup2 mount, memory hierarchy at /sys/fs/cgroup/memory)",
+            " - cgroup2 " not in mi and os.path.ismount("/sys/fs/cgroup/memory"),
+            [ln for ln in mi.splitlines() if "cgroup" in ln],
+        )
     api = ApiServer()
     api.items = [
         pod(
@@ -500,9 +524,21 @@ def main() -> int:
     kdir.mkdir(parents=True, exist_ok=True)
     kcfg = kubeconfig(kdir, api.url)
     try:
+        if v1:  # asked for v2 where there is none: one line naming the setting, exit 2
+            r = subprocess.run(
+                [*BPFNFS, "--json", "--cgroup-hierarchy", "v2"], capture_output=True, text=True, timeout=120
+            )
+            c.add(
+                "--cgroup-hierarchy v2 on a v1-only node: exit 2, one line naming the setting",
+                r.returncode == 2
+                and r.stderr.strip().splitlines()
+                == ["bpfnfs: error: collection.cgroup_hierarchy v2: no cgroup2 filesystem is mounted"],
+                (r.returncode, r.stderr[-600:]),
+            )
         mount_volumes()
-        attribution(c, out, kcfg)
-        daemonset(c, out, kcfg)
+        attribution(c, out, kcfg, v1)
+        if not v1:
+            daemonset(c, out, kcfg)
     except Exception as e:  # a guest error must still leave a result file
         c.add("check_pods ran to the end", False, f"{type(e).__name__}: {e}")
     finally:
@@ -518,7 +554,7 @@ def main() -> int:
         ),
         api.requests[:4],
     )
-    (args.out / "pods.json").write_text(json.dumps({"checks": c.items}, indent=1))
+    (args.out / ("pods-v1.json" if v1 else "pods.json")).write_text(json.dumps({"checks": c.items}, indent=1))
     log(f"{len(c.items) - c.failed}/{len(c.items)} checks passed")
     return 1 if c.failed else 0
 

@@ -63,13 +63,17 @@ def run(
     timeout: float = 600,
     stream: bool = False,
     env: dict[str, str] | None = None,
+    cgroup: str = "v2",
 ) -> VMResult:
     """Boot ``suite``'s kernel, run ``command`` (argv list, or a string for ``sh -c``) and power off.
 
     The command runs with cwd = the current directory, PATH=/usr/sbin:/usr/bin:/sbin:/bin, plus
     ``env``. NFS: True/"full" = server + mounts at /mnt/nfs3 (v3) and /mnt/nfs4 (v4.2);
-    "server" = server only; False/"none" = no NFS modules loaded.
+    "server" = server only; False/"none" = no NFS modules loaded. cgroup: "v2" (cgroup2 at
+    /sys/fs/cgroup) or "v1" (systemd's legacy layout: one v1 hierarchy per controller, no cgroup2).
     """
+    if cgroup not in ("v1", "v2"):
+        raise LabError(f"unknown cgroup layout {cgroup!r} (choose from: v1, v2)")
     mode: NfsMode = "full" if nfs is True else "none" if nfs is False else nfs
     if mode not in NFS_MODES:
         raise LabError(f"unknown NFS mode {mode!r} (choose from: {', '.join(NFS_MODES)})")
@@ -92,6 +96,7 @@ def run(
         [
             "console=ttyS0 quiet panic=-1 mitigations=off nokaslr rdinit=/init",
             f"lab.init={GUEST_INIT} lab.out={out} lab.nfs={mode} lab.rows={rows} lab.cols={cols}",
+            f"lab.cgroup={cgroup}",
             kernels.cmdline(suite),
         ]
     ).strip()

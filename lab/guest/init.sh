@@ -43,7 +43,29 @@ must "mount /dev/shm" mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 must "mount tracefs" mount -t tracefs tracefs /sys/kernel/tracing
 must "mount debugfs" mount -t debugfs debugfs /sys/kernel/debug
 must "mount bpffs" mount -t bpf -o mode=0700 bpf /sys/fs/bpf
-must "mount cgroup2" mount -t cgroup2 cgroup2 /sys/fs/cgroup
+cgroup=v2
+for arg in $(cat /proc/cmdline); do
+    case $arg in lab.cgroup=*) cgroup=${arg#lab.cgroup=} ;; esac
+done
+if [ "$cgroup" = v1 ]; then
+    # A cgroup v1-only host as systemd's legacy layout makes one (no cgroup2 anywhere): a
+    # tmpfs, a named systemd hierarchy and one hierarchy per controller, cpu,cpuacct and
+    # net_cls,net_prio co-mounted.
+    must "mount cgroup tmpfs" mount -t tmpfs -o mode=0755,nosuid,nodev,noexec cgroup /sys/fs/cgroup
+    mkdir /sys/fs/cgroup/systemd
+    must "mount cgroup name=systemd" mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
+    for c in $(awk '!/^#/ && $4 == 1 { print $1 }' /proc/cgroups); do
+        case $c in
+            cpu | cpuacct) c=cpu,cpuacct ;;
+            net_cls | net_prio) c=net_cls,net_prio ;;
+        esac
+        [ -d "/sys/fs/cgroup/$c" ] && continue
+        mkdir "/sys/fs/cgroup/$c"
+        must "mount cgroup $c" mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c"
+    done
+else
+    must "mount cgroup2" mount -t cgroup2 cgroup2 /sys/fs/cgroup
+fi
 ulimit -l unlimited || die "ulimit -l unlimited"
 hostname bpfnfs-lab
 must "loopback up" ip link set lo up

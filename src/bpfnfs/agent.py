@@ -54,7 +54,15 @@ class Agent:
         self.events: deque[tuple[object, ...]] = deque(maxlen=MAX_EVENTS)
         self.events_overflow = 0
         self.ring: RingBuffer | None = None
-        self.cgroup_root = cgroups.cgroup2_root(self.view)
+        # The tree whose cgroup ids the kernel records: v2, or one v1 controller's hierarchy.
+        self._cgroup_error: str | None = None
+        try:
+            self.hierarchy = cgroups.find_hierarchy(cfg.collection.cgroup_hierarchy, self.view)
+        except cgroups.CgroupError as e:
+            self._cgroup_error = str(e)  # raised by preflight(): a person's setting
+            self.hierarchy = cgroups.Hierarchy(None)
+        self.loader.cgroup_v1 = self.hierarchy.kernel_value
+        self.cgroup_root = self.hierarchy.root
         self.cgroups = cgroups.CgroupResolver(self.cgroup_root)
         self.pods: PodWatcher | None = None  # this node's pods, from the Kubernetes API
         if cfg.kubernetes.enabled(os.environ):
@@ -90,10 +98,14 @@ class Agent:
 
     def preflight(self) -> None:
         """Everything that must hold before loading; raises RequirementError, LibbpfError or ConfigError."""
+        if self._cgroup_error is not None:
+            raise ConfigError(self._cgroup_error)
         system.check_privileges()
         system.check_vmlinux_btf(self.loader.btf_source)
         self.tracefs = self.loader.tracefs = system.check_tracefs()
         libbpf()  # loads the library and checks its version
+        if self.hierarchy.controller is not None:  # said once: v2 is the ordinary case
+            self.log(f"attributing processes by {self.hierarchy.describe()}")
         pid = self.cfg.filter.pid
         if pid is not None and not Path(f"{self.cfg.collection.proc}/{pid}").exists():
             raise ConfigError(f"filter.pid {pid}: no such process")

@@ -125,7 +125,8 @@ def test_unreachable_api(tmp_path: Path, fast: None) -> None:
 
 def test_persistent_volume_claims_looked_up_off_the_caller(tmp_path: Path, fast: None) -> None:
     api = ApiServer()
-    w = PodWatcher("node1", kubeconfig(tmp_path, api.url))
+    logs: list[str] = []
+    w = PodWatcher("node1", kubeconfig(tmp_path, api.url), log=logs.append)
     w.start()
     try:
         assert w.claim_of("pv-nfs-1") is None  # asked, not waited for
@@ -133,6 +134,7 @@ def test_persistent_volume_claims_looked_up_off_the_caller(tmp_path: Path, fast:
         assert w.claim_of("pv-gone") is None
         assert wait(lambda: any(p == "/api/v1/persistentvolumes/pv-gone" for p, _q in api.requests))
         assert w.claim_of("pv-gone") is None  # a 404, cached as no claim
+        assert w.stats.errors == 0 and not [m for m in logs if "PersistentVolume" in m], logs
     finally:
         w.close()
         api.close()

@@ -30,8 +30,8 @@ def test_record_sizes() -> None:
     assert R.PATH_EVENT.size == 512
     assert R.CONFIG.size == 104
     assert R.LIVE.size == 24
-    packed = R.pack_config(1234, R.CFG_F_EVENTS, 10**7, 0o40000, {"sl_rtt": 40, "x4_error": 24})
+    packed = R.pack_config(1234, R.CFG_F_EVENTS, 10**7, 0o40000, {"sl_rtt": 40, "x4_error": 24}, cgroup_v1=5)
     vals = R.CONFIG.unpack(packed)
-    assert vals[:4] == (1234, R.CFG_F_EVENTS, 10**7, 0o40000)
-    assert vals[4 + R.TP_OFFSET_FIELDS.index("sl_rtt")] == 40
-    assert vals[4 + R.TP_OFFSET_FIELDS.index("x4_error")] == 24
+    assert vals[:5] == (1234, R.CFG_F_EVENTS, 10**7, 0o40000, 5)
+    assert vals[5 + R.TP_OFFSET_FIELDS.index("sl_rtt")] == 40
+    assert vals[5 + R.TP_OFFSET_FIELDS.index("x4_error")] == 24

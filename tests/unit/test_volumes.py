@@ -65,6 +65,15 @@ def test_inline_volume_has_no_claim_and_asks_nothing() -> None:
     assert idx.asked == []
 
 
+def test_no_lookup_before_the_pod_is_known() -> None:
+    """Inline or PersistentVolume is in the pod's spec: until the API has listed the pod, the
+    volume's name is not sent as a PersistentVolume's (it would be "not found")."""
+    idx = Index()
+    idx.pods = {}
+    v = VolumeResolver(HostView(), idx).of(f"{PODS}/kubernetes.io~nfs/shared")
+    assert v is not None and v.persistentvolumeclaim is None and idx.asked == []
+
+
 def test_persistent_volume_gets_its_claim() -> None:
     v = VolumeResolver(HostView(), Index()).of(f"{PODS}/kubernetes.io~nfs/pv-nfs-1")
     assert v is not None and (v.persistentvolume, v.persistentvolumeclaim, v.pod) == (

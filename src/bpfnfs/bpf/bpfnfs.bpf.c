@@ -42,6 +42,28 @@ const volatile struct bpfnfs_config cfg = {};
  * volatile: read from the map on every use, never folded. */
 volatile struct bpfnfs_live live SEC(".data") = {};
 
+/* The cgroup the current task is counted in: cgroup v2's id, or on a host with
+ * only v1 hierarchies (cfg.cgroup_v1) the kernfs id of its cgroup in one v1
+ * controller's hierarchy, the id user space finds as that directory's inode. */
+static __always_inline __u64 current_cgroup_id(void)
+{
+	struct cgroup_subsys_state *css = NULL;
+	struct task_struct *task;
+	struct css_set *cset;
+	__u32 ssid;
+
+	if (!cfg.cgroup_v1)
+		return bpf_get_current_cgroup_id();
+	ssid = cfg.cgroup_v1 - 1;
+	if (ssid >= BPFNFS_MAX_CGROUP_SUBSYS)
+		return 0;
+	task = (struct task_struct *)bpf_get_current_task();
+	cset = BPF_CORE_READ(task, cgroups);
+	if (!cset || bpf_core_read(&css, sizeof(css), &cset->subsys[ssid]) || !css)
+		return 0;
+	return BPF_CORE_READ(css, cgroup, kn, id);
+}
+
 /* A counter update. cfg is read-only after load, so the verifier keeps one branch. */
 #define ADD(lval, v)                                                      \
 	do {                                                              \
@@ -334,7 +356,7 @@ static __always_inline void emit_rpc_event(const struct rpc_key *key, __u64 queu
 	e->latency_ns = execute;
 	e->queue_ns = queue;
 	e->rtt_ns = rtt;
-	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->cgroup_id = current_cgroup_id();
 	e->fileid = 0;
 	e->bytes = 0;
 	e->pid = owner ? owner : id >> 32;
@@ -875,7 +897,7 @@ static __always_inline bool filtered_out(void)
 	if ((f & CFG_F_FILTER_COMM) && !comm_matches())
 		return true;
 	if (f & CFG_F_FILTER_CGROUP) {
-		__u64 cg = bpf_get_current_cgroup_id();
+		__u64 cg = current_cgroup_id();
 
 		if (!bpf_map_lookup_elem(&cgroup_filter, &cg))
 			return true;
@@ -998,7 +1020,7 @@ static __always_inline void emit_path(__u32 dev, __u64 fileid, struct dentry *d)
 
 static __always_inline void current_ident(struct task_ident *id)
 {
-	id->cgroup_id = bpf_get_current_cgroup_id();
+	id->cgroup_id = current_cgroup_id();
 	id->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(id->comm, sizeof(id->comm));
 }
@@ -1078,7 +1100,7 @@ static __always_inline void emit_vfs_event(__u32 op, __u32 dev, __u64 fileid, __
 	e->latency_ns = lat;
 	e->queue_ns = 0;
 	e->rtt_ns = 0;
-	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->cgroup_id = current_cgroup_id();
 	e->fileid = fileid;
 	e->bytes = bytes;
 	e->pid = id >> 32;
@@ -1212,7 +1234,7 @@ static __always_inline void vfs_exit(struct vfs_call *c, __s64 ret)
 	k.dev = dev;
 	k.op = op;
 	k.pid = (live.flags & CFG_F_VFS_PID) ? bpf_get_current_pid_tgid() >> 32 : 0;
-	k.cgroup_id = bpf_get_current_cgroup_id();
+	k.cgroup_id = current_cgroup_id();
 	bpf_get_current_comm(k.comm, sizeof(k.comm));
 	v = bpf_map_lookup_elem(&vfs_stats, &k);
 	if (!v) {

@@ -14,6 +14,8 @@
 #define BPFNFS_PROC_LEN 24   /* RPC procedure name: longest NFSv4 one is 20 */
 #define BPFNFS_HIST_SLOTS 32 /* log2(µs) buckets: [0,2) [2,4) ... up to ~71 min */
 #define BPFNFS_COMM_LEN 16
+/* Bound of a cgroup subsystem id (CGROUP_SUBSYS_COUNT is 14 on 6.x kernels). */
+#define BPFNFS_MAX_CGROUP_SUBSYS 32
 
 /* Per (RPC client, version, procedure): what mountstats keeps per op, plus
  * latency histograms. Filled from sunrpc:rpc_stats_latency, which fires in
@@ -317,7 +319,11 @@ struct bpfnfs_config {
 	__u32 flags;
 	__u64 slow_ns;                /* emit an op_event when latency >= slow_ns */
 	__u32 o_direct;               /* O_DIRECT of this architecture */
-	__u32 _pad;
+	/* 0: cgroup ids are cgroup v2's (bpf_get_current_cgroup_id). n > 0: the host
+	 * has only cgroup v1 controller hierarchies (v2's id is the root for every
+	 * task), so ids are the kernfs ids of the cgroups in the hierarchy of the
+	 * controller whose subsystem id is n - 1 (the line order of /proc/cgroups). */
+	__u32 cgroup_v1;
 	struct tp_offsets off;
 };
 

@@ -222,6 +222,30 @@ struct nfs_commit_data {
 	struct inode *inode;
 };
 
+/* cgroup v1 attribution (cfg.cgroup_v1): task -> css_set -> a controller's css ->
+ * its cgroup -> the cgroup directory's kernfs node, whose id is the directory's
+ * inode number. subsys[] has CGROUP_SUBSYS_COUNT entries, which depends on the
+ * kernel's configuration: CO-RE relocates the array's offset, not its length. */
+struct kernfs_node {
+	__u64 id;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct cgroup_subsys_state {
+	struct cgroup *cgroup;
+};
+
+struct css_set {
+	struct cgroup_subsys_state *subsys[1];
+};
+
+struct task_struct {
+	struct css_set *cgroups;
+};
+
 #pragma clang attribute pop
 
 #endif /* __BPFNFS_VMLINUX_MIN_H */

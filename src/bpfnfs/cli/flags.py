@@ -58,6 +58,7 @@ COMMON = (
     Flag(("--counting",), ("collection", "counting"), metavar="{auto,fentry,kprobe}"),
     Flag(("--proc",), ("collection", "proc"), metavar="DIR"),
     Flag(("--max-files",), ("collection", "max_files"), metavar="N"),
+    Flag(("--cgroup-hierarchy",), ("collection", "cgroup_hierarchy"), metavar="{auto,v2,v1[:CONTROLLER]}"),
     Flag(("--per-pid",), ("collection", "per_pid"), const=True),
     Flag(("--debug",), ("features", "debug"), const=True),
     Flag(("--dns",), ("features", "dns"), const=True),

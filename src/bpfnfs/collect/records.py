@@ -146,7 +146,7 @@ TP_OFFSET_FIELDS = (
     "iw_offset",
 )
 TP_OFFSETS_LEN = 40
-CONFIG = struct.Struct(f"<IIQI4x{TP_OFFSETS_LEN}H")  # agent_tgid, flags, slow_ns, o_direct, off
+CONFIG = struct.Struct(f"<IIQII{TP_OFFSETS_LEN}H")  # agent_tgid, flags, slow_ns, o_direct, cgroup_v1, off
 # struct bpfnfs_live (.data): flags, filter_tgid, filter_comm; rewritten at run time.
 LIVE = struct.Struct(f"<II{COMM_LEN}s")
 CFG_F_EVENTS = 1
@@ -197,10 +197,12 @@ def pack_config(
     slow_ns: int,
     o_direct: int,
     offsets: dict[str, int],
+    cgroup_v1: int = 0,
 ) -> bytes:
+    """struct bpfnfs_config. cgroup_v1: 0 for cgroup v2 ids, else a v1 controller's subsystem id + 1."""
     offs = [offsets.get(name, 0) for name in TP_OFFSET_FIELDS]
     offs += [0] * (TP_OFFSETS_LEN - len(offs))
-    return CONFIG.pack(agent_tgid, flags, slow_ns, o_direct, *offs)
+    return CONFIG.pack(agent_tgid, flags, slow_ns, o_direct, cgroup_v1, *offs)
 
 
 def pack_live(flags: int, filter_tgid: int = 0, filter_comm: str = "") -> bytes:

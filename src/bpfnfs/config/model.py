@@ -127,7 +127,8 @@ class Filter(Section):
     cgroup: str | None = Field(
         None,
         min_length=1,
-        description="Only this cgroup v2 and below it (absolute or below the cgroup2 root).",
+        description="Only this cgroup and below it (absolute, or below the root of the cgroup hierarchy "
+        "that collection.cgroup_hierarchy chose).",
     )
     mount: str | None = Field(None, description="Only this mount point.")
     server: Host | None = Field(None, description="Only mounts of this NFS server (host name or address).")
@@ -288,8 +289,11 @@ class Btf(Section):
 # ---- bpfnfs's own sections -------------------------------------------------------------------
 
 
+_CGROUP_HIERARCHY = re.compile(r"^(auto|v2|v1(:[a-z_]+)?)$")
+
+
 class Collection(Section):
-    """What the kernel side collects; tier, counting, max_files and proc need a restart."""
+    """What the kernel side collects; tier, counting, max_files, proc and cgroup_hierarchy need a restart."""
 
     interval: Seconds = Field(1.0, ge=0.05, le=3600, description="Seconds between reports (or 500ms, 1m).")
     tier: Literal["auto", "btf", "tracefs"] = Field(
@@ -309,11 +313,24 @@ class Collection(Section):
         description="Seconds between folds of exited processes' and removed cgroups' kernel entries "
         "into retained totals (keeps maps, memory and series flat under pod churn).",
     )
+    cgroup_hierarchy: str = Field(
+        "auto",
+        description="Whose cgroup ids attribute processes: v2, or v1[:CONTROLLER] on hosts with only "
+        "cgroup v1 controller hierarchies (kernfs id of the cgroup in that controller's hierarchy, "
+        "memory first); auto: v1 when /sys/fs/cgroup is not cgroup2 (kubelet's rule).",
+    )
     per_pid: bool = Field(
         False,
         description="Key syscall-side stats by process id too. On by itself with view.by process, "
         "filter.pid or metrics.pid_labels.",
     )
+
+    @field_validator("cgroup_hierarchy")
+    @classmethod
+    def _cgroup_hierarchy(cls, v: str) -> str:
+        if not _CGROUP_HIERARCHY.match(v):
+            raise ValueError(f"expected auto, v2, v1 or v1:CONTROLLER (e.g. v1:memory), got {v!r}")
+        return v
 
 
 class Metrics(Section):
@@ -484,6 +501,7 @@ RESTART_KEYS = (
     "collection.counting",
     "collection.max_files",
     "collection.proc",
+    "collection.cgroup_hierarchy",
     "btf.kernel",
     "btf.model_dir",
     "metrics.listen",

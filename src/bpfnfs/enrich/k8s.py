@@ -123,12 +123,15 @@ class PodWatcher:
                     if cr.get("name"):
                         ref = (cr.get("namespace", ""), cr["name"])
                 except Exception as e:
-                    self.stats.errors += 1
-                    self._once(
-                        "pv",
-                        f"kubernetes: cannot read PersistentVolume {pv} ({str(e)[:120]}); "
-                        "its mounts carry no persistentvolumeclaim label",
-                    )
+                    status = getattr(e, "status", None)
+                    if status != 404:  # gone or never there: no claim, nothing wrong
+                        self.stats.errors += 1
+                        why = f"HTTP {status} {getattr(e, 'reason', '')}".strip() if status else str(e)
+                        self._once(
+                            "pv",
+                            f"kubernetes: cannot read PersistentVolume {pv} ({why[:120]}); "
+                            "its mounts carry no persistentvolumeclaim label",
+                        )
                 with self._lock:
                     self._claims[pv] = (ref, self.clock())
 

@@ -98,7 +98,9 @@ class VolumeResolver:
         if meta is not None:
             ns = meta.namespace
         # An inline volume is named in the pod's spec; anything else is a PersistentVolume's name.
-        if self.index is not None and (meta is None or name not in _inline(meta)):
+        # Until the API has listed the pod, which it is is unknown: no lookup (a volume named
+        # like no PersistentVolume would be asked for and be "not found").
+        if self.index is not None and meta is not None and name not in _inline(meta):
             ref = self.index.claim_of(name)
             if ref is not None:
                 pv = name

@@ -124,6 +124,7 @@ class Loader:
         self.probe_failures: dict[str, str] = {}  # program -> why it is not attached
         self._waiting_logged = False
         self._cgroup_filter_on = False
+        self.cgroup_v1 = 0  # struct bpfnfs_config.cgroup_v1 (enrich.cgroups.Hierarchy.kernel_value)
         self._per_pid, self._filter_pid, self._filter_comm = self._initial_live()
         self._stats_fd = -1
         self._first_programs: tuple[str, ...] = ()
@@ -271,6 +272,7 @@ class Loader:
                     slow_ns,
                     system.o_direct(),
                     offsets,
+                    cgroup_v1=self.cgroup_v1,
                 )
             )
             obj.set_initial(".data", self._pack_live())

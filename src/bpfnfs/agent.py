@@ -1,17 +1,16 @@
 """The agent: preflight, then loading through probes/loading.py (lazily, when the
-NFS modules appear), the ring buffer's drain, and periodic collection into
-per-mount reports with what the kernel skipped (collect/losses.py)."""
+NFS modules appear), the ring buffer's event path (collect/events.py), and periodic
+collection into per-mount reports with what the kernel skipped (collect/losses.py)."""
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from bpfnfs.collect import records as R
+from bpfnfs.collect.events import EventPath, OpQueue
 from bpfnfs.collect.losses import hook_losses, total_lost
 from bpfnfs.collect.retire import Retirer
 from bpfnfs.collect.snapshot import FileKey, read_snapshot
@@ -31,9 +30,6 @@ from bpfnfs.probes.btf import BtfSource
 from bpfnfs.probes.loading import Counting, Loader
 from bpfnfs.ringbuf import RingBuffer
 
-MAX_EVENTS = 65536
-DRAIN_PERIOD = 0.1  # seconds between ring buffer drains
-
 
 def stderr_log(msg: str) -> None:
     print(f"bpfnfs: {msg}", file=sys.stderr, flush=True)
@@ -50,10 +46,12 @@ class Agent:
         if self.view.in_container:
             log(f"reading the node's mounts and cgroups through {self.view.proc}/1 ({self.view.reason})")
         self.mounts = MountRegistry(None, view=self.view, log=log)
-        self.paths: dict[FileKey, tuple[str, bool]] = {}  # (path below the superblock root, truncated)
-        self.events: deque[tuple[object, ...]] = deque(maxlen=MAX_EVENTS)
-        self.events_overflow = 0
-        self.ring: RingBuffer | None = None
+        # The ring buffer's records: file paths, and op records for subscribers (bpfnfs trace's queue).
+        self.events = EventPath()
+        self.op_queue: OpQueue | None = None
+        if events:
+            self.op_queue = OpQueue()
+            self.events.subscribe(self.op_queue)
         # The tree whose cgroup ids the kernel records: v2, or one v1 controller's hierarchy.
         self._cgroup_error: str | None = None
         try:
@@ -86,9 +84,6 @@ class Agent:
         self._no_mounts_logged = False
         self._known_devs: set[int] = set()
         self._files_deleted = 0
-        self._ring_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._drainer: threading.Thread | None = None
         self.dns: DnsCache | None = None  # features.dns: names and addresses for the mount labels
         self._configure_dns(cfg)
 
@@ -146,9 +141,9 @@ class Agent:
             return False
         if first:
             obj = self.loader.objs[0]
-            self.ring = RingBuffer(libbpf(), obj.maps["events"].fd, (R.OP_EVENT.size, R.PATH_EVENT.size))
-            self._drainer = threading.Thread(target=self._drain_loop, name="bpfnfs-ring", daemon=True)
-            self._drainer.start()
+            self.events.start(
+                RingBuffer(libbpf(), obj.maps["events"].fd, (R.OP_EVENT.size, R.PATH_EVENT.size))
+            )
             self.mounts.probe_map = obj.maps["mount_probe"]
             self._update_cgroup_filter()
         return True
@@ -212,29 +207,17 @@ class Agent:
         else:
             self._no_mounts_logged = False
 
-    def _drain_loop(self) -> None:
-        # Between collections too: a burst of new files (one path record each) must not
-        # outgrow the ring while the main loop sleeps through its interval.
-        while not self._stop.wait(DRAIN_PERIOD):
-            self.drain()
+    @property
+    def paths(self) -> dict[FileKey, tuple[str, bool]]:
+        """File paths below their superblock's root, from the ring (collect.events)."""
+        return self.events.paths
+
+    @property
+    def events_overflow(self) -> int:
+        return self.op_queue.overflow if self.op_queue is not None else 0
 
     def drain(self) -> None:
-        """Empty the ring buffer: file paths into self.paths, per-op records into self.events."""
-        with self._ring_lock:
-            if self.ring is None:
-                return
-            got = self.ring.drain()
-            recs = R.PATH_EVENT.iter_unpack(got[R.PATH_EVENT.size])
-            for kind, fileid, dev, flags, length, _depth, raw in recs:
-                if kind != R.OP_PATH:
-                    continue
-                parts = [p.decode("utf-8", "replace") for p in raw[:length].split(b"\0") if p]
-                truncated = bool(flags & R.PATH_F_TRUNCATED)
-                self.paths[(dev, fileid)] = ("/" + "/".join(reversed(parts)), truncated)
-            for ev in R.OP_EVENT.iter_unpack(got[R.OP_EVENT.size]):
-                if len(self.events) == self.events.maxlen:
-                    self.events_overflow += 1
-                self.events.append(ev)
+        self.events.drain()
 
     def _retire(self, live_devs: set[int]) -> None:
         """Kernel entries of unmounted superblocks go, so a later mount that reuses the
@@ -271,9 +254,7 @@ class Agent:
             eid, kind = R.ERR_KEY.unpack(k)[:2]
             if (kind == R.ERR_VFS and eid in gone) or (kind != R.ERR_VFS and eid in dead_clids):
                 em.delete(k)
-        with self._ring_lock:
-            for fk in [fk for fk in self.paths if fk[0] in gone]:
-                del self.paths[fk]
+        self.events.forget_devs(gone)
 
     def collect(self) -> Report | None:
         """Attach if needed, refresh mounts, drain the ring and read the kernel's aggregates."""
@@ -297,17 +278,12 @@ class Agent:
         snap.counters["file_evictions"] = max(
             0, snap.counters.get("file_inserts", 0) - len(snap.files) - self._files_deleted
         )
-        snap.counters["ring_unknown_records"] = self.ring.unknown_records if self.ring else 0
+        snap.counters["ring_unknown_records"] = self.events.unknown_records
         if self.tracefs is not None and self.tier == "tracefs":
             specs = {lk.kprobe_event[1] for o in self.objs for lk in o.links if lk.kprobe_event}
             snap.counters["kretprobe_missed"] = kprobe_misses(self.tracefs, specs)
         snap.counters["events_overflow"] = self.events_overflow
-        with self._ring_lock:
-            # Paths of files the LRU evicted are no longer needed.
-            if len(self.paths) > len(snap.files) + 1024:
-                for fk in [fk for fk in self.paths if fk not in snap.files]:
-                    del self.paths[fk]
-            paths = dict(self.paths)
+        paths = self.events.paths_for(snap.files)
         # Without parent pointers from the kernel (tier tracefs), debugfs gives the transports.
         need_xprts = any(not c.parent_known for c in snap.clients.values())
         rep = build_report(
@@ -352,13 +328,7 @@ class Agent:
             self.dns.close()
         if self.pods is not None:
             self.pods.close()
-        self._stop.set()
-        if self._drainer is not None:
-            self._drainer.join(2 * DRAIN_PERIOD)
-        with self._ring_lock:
-            if self.ring is not None:
-                self.ring.close()
-                self.ring = None
+        self.events.close()
         self.loader.close()
 
 

@@ -10,6 +10,7 @@ import pytest
 from bpfnfs.cli.main import parse_args
 from bpfnfs.cli.trace import HEADER, Tracer
 from bpfnfs.collect import records as R
+from bpfnfs.collect.events import OpRecord, decode_ops
 from bpfnfs.config import Config
 from bpfnfs.enrich.identity import IdentityResolver
 from bpfnfs.enrich.mountinfo import Mount
@@ -25,11 +26,11 @@ def _mounts() -> list[NfsMount]:
     return [NfsMount(m, clid=7)]
 
 
-def _event(kind: int, op: int, status: int = 0, lat: int = 250_000_000) -> tuple[object, ...]:
+def _event(kind: int, op: int, status: int = 0, lat: int = 250_000_000) -> OpRecord:
     raw = R.OP_EVENT.pack(
         1_000_000_000, lat, 0, 0, 99, 42, 4096, 1234, 1235, DEV, 7, 3, 0xABC, status, kind, op, b"dd", b"READ"
     )
-    return R.OP_EVENT.unpack(raw)
+    return decode_ops(raw)[0]
 
 
 def _tracer(cfg: Config) -> Tracer:

@@ -1,9 +1,8 @@
 """`bpfnfs trace --min-latency 10ms`: one line per slow operation, like nfsslower.
 
 The kernel decides what is slow (config slow_ns) and sends only those records
-through the ring buffer; the agent's drain thread collects them in batches,
-and this loop prints them every DRAIN_PERIOD. Nothing runs per event unless
-the event is printed.
+through the ring buffer; the event path (collect/events.py) decodes them in
+batches into a queue this loop prints from every DRAIN_PERIOD.
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bpfnfs.agent import DRAIN_PERIOD, Agent, stderr_log
-from bpfnfs.collect import records as R
-from bpfnfs.collect.errnames import errno_name
+from bpfnfs.agent import Agent, stderr_log
+from bpfnfs.collect.events import DRAIN_PERIOD, OpRecord
 from bpfnfs.collect.snapshot import read_snapshot
 from bpfnfs.collect.views import build_report, path_in_mount
 from bpfnfs.config import Config
@@ -132,34 +130,63 @@ class Tracer:
         rep = build_report(snap, self.agent.mounts.nfs_list(), client_transports() if need else None)
         self.clid_mount = {clid: m.mount_point for m in rep.mounts for clid in m.clients[:1]}
 
-    def decode(self, ev: tuple[Any, ...], mounts: list[NfsMount], offset_ns: int) -> SlowOp | None:
-        (ts, lat, queue, rtt, cg, fileid, nbytes, pid, tid, dev, clid, task_id, xid, status, kind, vers) = ev[
-            :16
-        ]
-        comm, proc = R.cstr(ev[16]), R.cstr(ev[17])
-        wall = (ts + offset_ns) / 1e9
-        err = errno_name(-status) if status < 0 else None
-        if kind == R.OP_VFS:
-            nm = self._mount_of_dev(dev, mounts)
+    def decode(self, ev: OpRecord, mounts: list[NfsMount], offset_ns: int) -> SlowOp | None:
+        wall = (ev.ts_ns + offset_ns) / 1e9
+        if ev.kind == "vfs":
+            nm = self._mount_of_dev(ev.dev, mounts)
             mp = nm.mount.mount_point if nm else None
             if not self._wanted(nm, mp):
                 return None
-            sb = self.agent.paths.get((dev, fileid))
+            sb = self.agent.paths.get((ev.dev, ev.fileid))
             path = path_in_mount(nm.mount.root or "/", nm.mount.mount_point, sb[0])[1] if nm and sb else None
-            op = R.VFS_OPS[vers] if vers < len(R.VFS_OPS) else f"op{vers}"
             return SlowOp(
-                wall, "vfs", comm, pid, tid, op, lat, nbytes, err, mp, path, fileid, dev, cg, 0, 0, 0, 0
+                wall,
+                "vfs",
+                ev.comm,
+                ev.pid,
+                ev.tid,
+                ev.op,
+                ev.latency_ns,
+                ev.bytes,
+                ev.errno,
+                mp,
+                path,
+                ev.fileid,
+                ev.dev,
+                ev.cgroup_id,
+                0,
+                0,
+                0,
+                0,
             )
-        if kind == R.OP_RPC and self.cfg.trace.rpc:
-            mp = self.clid_mount.get(clid)
+        if ev.kind == "rpc" and self.cfg.trace.rpc:
+            mp = self.clid_mount.get(ev.clid)
             nm = next((n for n in mounts if n.mount.mount_point == mp), None)
             if not self._wanted(nm, mp):
                 return None
             # The RPC completes in rpciod; the pid is the task's owner, so name it from /proc.
+            comm = ev.comm
             with contextlib.suppress(OSError):
-                comm = Path(f"{self.cfg.collection.proc}/{pid}/comm").read_text().strip() or comm
+                comm = Path(f"{self.cfg.collection.proc}/{ev.pid}/comm").read_text().strip() or comm
             return SlowOp(
-                wall, "rpc", comm, pid, tid, proc, lat, 0, err, mp, None, 0, 0, cg, queue, rtt, xid, task_id
+                wall,
+                "rpc",
+                comm,
+                ev.pid,
+                ev.tid,
+                ev.op,
+                ev.latency_ns,
+                0,
+                ev.errno,
+                mp,
+                None,
+                0,
+                0,
+                ev.cgroup_id,
+                ev.queue_ns,
+                ev.rtt_ns,
+                ev.xid,
+                ev.task_id,
             )
         return None
 
@@ -211,8 +238,9 @@ def run_trace(cfg: Config, agent_factory: Callable[..., Agent] = Agent) -> int:
             mounts = agent.mounts.nfs_list()
             offset_ns = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
             out = []
-            while agent.events:
-                op = tracer.decode(agent.events.popleft(), mounts, offset_ns)
+            pending = agent.op_queue.take() if agent.op_queue is not None else []
+            for ev in pending:
+                op = tracer.decode(ev, mounts, offset_ns)
                 if op is None:
                     continue
                 ident = agent.identity.of(op.cgroup_id)

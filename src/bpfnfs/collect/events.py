@@ -56,54 +56,17 @@ class OpRecord:
 def decode_ops(buf: bytes) -> list[OpRecord]:
     """Concatenated op_event records -> OpRecords (the one place they are decoded)."""
     out = []
-    for (
-        ts,
-        lat,
-        queue,
-        rtt,
-        cg,
-        fileid,
-        nbytes,
-        pid,
-        tid,
-        dev,
-        clid,
-        task_id,
-        xid,
-        status,
-        kind,
-        vers,
-        comm,
-        proc,
-    ) in R.OP_EVENT.iter_unpack(buf):
+    for f in R.OP_EVENT.iter_unpack(buf):
+        # ts, latency, queue, rtt, cgroup, fileid, bytes, pid, tid, dev, clid, task_id, xid, status
+        # (OpRecord's fields in this order), then kind, vers, comm, proc.
+        kind, vers, comm, proc = f[14:]
         if kind == R.OP_VFS:
             k, op = "vfs", R.VFS_OPS[vers] if vers < len(R.VFS_OPS) else f"op{vers}"
         elif kind == R.OP_RPC:
             k, op = "rpc", R.cstr(proc)
         else:
             k, op = "unknown", f"kind{kind}"
-        out.append(
-            OpRecord(
-                k,
-                op,
-                ts,
-                lat,
-                queue,
-                rtt,
-                cg,
-                fileid,
-                nbytes,
-                pid,
-                tid,
-                dev,
-                clid,
-                task_id,
-                xid,
-                status,
-                vers,
-                R.cstr(comm),
-            )
-        )
+        out.append(OpRecord(k, op, *f[:14], vers, R.cstr(comm)))
     return out
 
 

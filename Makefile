@@ -9,6 +9,8 @@
 #                prints the table, writes build/bench/results.json and docs/benchmarks.md
 #   make bench-smoke   the bench end to end at small sizes (one VM, about 19 min)
 #   make churn   1,000 pods come and go under a running agent (one bullseye VM): maps, memory, series flat
+#   make image   the DaemonSet's image from deploy/Dockerfile (docker, else buildah); its root in build/image-rootfs
+#   make image-check   that image run as the DaemonSet runs it, in the trixie lab VM
 SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
@@ -23,7 +25,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3 python3-venv pytho
 # BCC's nfsslower and nfsdist: the incumbents the bench compares against (make bench, make bench-smoke).
 BENCH_PACKAGES := bpfcc-tools python3-bpfcc
 
-.PHONY: setup deps bpf venv link demo test unit lab lint bench bench-smoke churn clean
+.PHONY: setup deps bpf venv link demo test unit lab lint bench bench-smoke churn image image-check clean
 
 setup: deps bpf venv
 	@$(MAKE) --no-print-directory link
@@ -91,6 +93,19 @@ bench-smoke: setup
 # for hash maps): a long run; make test runs 100 of them.
 churn: setup
 	LAB_CHURN=1 LAB_SUITES="" $(PY) -m pytest -v -rs -m lab tests/lab -k churn_long
+
+# deploy/image.sh: docker when a daemon answers, else buildah (installed here when neither is).
+# IMAGE_FLAGS=--local-base where package registries are reachable but no container registry is.
+image:
+	@docker info >/dev/null 2>&1 || command -v buildah >/dev/null || { \
+		apt-get -o DPkg::Lock::Timeout=600 update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
+			buildah debootstrap uidmap; }
+	deploy/image.sh $(IMAGE_FLAGS) --rootfs build/image-rootfs
+
+# The built image's bpfnfs as the DaemonSet runs it (lab.check_pods --image-rootfs, trixie VM).
+image-check: setup image
+	LAB_IMAGE=1 LAB_SUITES="" $(PY) -m pytest -v -rs -m lab tests/lab -k image_daemonset
 
 clean:
 	$(MAKE) -C src/bpfnfs/bpf clean

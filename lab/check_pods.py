@@ -148,8 +148,10 @@ def spec(
     caps: list[str],
     namespaces: list[str],
     env: dict[str, str] | None = None,
+    root: Path | None = None,
 ) -> dict[str, Any]:
-    """An OCI runtime config as containerd writes one for a pod's container (the parts that matter)."""
+    """An OCI runtime config as containerd writes one for a pod's container (the parts that matter).
+    root: the container's root filesystem (default: the node's root without its submounts)."""
     base_mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
@@ -200,7 +202,7 @@ def spec(
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
             "noNewPrivileges": True,
         },
-        "root": {"path": str(rootfs()), "readonly": True},
+        "root": {"path": str(root or rootfs()), "readonly": True},
         "hostname": "pod",
         "mounts": base_mounts + mounts,
         "linux": {
@@ -401,7 +403,9 @@ def attribution(c: Checks, out: Path, kcfg: str, v1: bool = False) -> None:
     )
 
 
-def daemonset(c: Checks, out: Path, kcfg: str) -> None:
+def daemonset(c: Checks, out: Path, kcfg: str, image: Path | None = None) -> None:
+    """image: the root filesystem of the image deploy/Dockerfile builds (its bpfnfs, not this
+    checkout's), run as the DaemonSet runs it; only the first scenario."""
     mounts = [
         {"destination": "/host/proc", "type": "bind", "source": "/proc", "options": ["rbind", "rw"]},
         {
@@ -428,9 +432,6 @@ def daemonset(c: Checks, out: Path, kcfg: str) -> None:
             "source": "/var/lib/kubelet",
             "options": ["rbind", "ro"],
         },
-        # bpfnfs itself, as the image carries it: this checkout and its venv (under /tmp on some
-        # machines, which the container's own /tmp tmpfs would hide).
-        {"destination": str(ROOT), "type": "bind", "source": str(ROOT), "options": ["rbind", "ro"]},
         {
             "destination": "/etc/bpfnfs",
             "type": "bind",
@@ -438,12 +439,30 @@ def daemonset(c: Checks, out: Path, kcfg: str) -> None:
             "options": ["rbind", "ro"],
         },
     ]
-    args = [*BPFNFS, "--json", "--count", "2", "--interval", "1", "--kubeconfig", "/etc/bpfnfs/kubeconfig"]
-    env = {"PROC_PATH": "/host/proc", "NODE_NAME": NODE, "PYTHONPATH": str(ROOT / "src")}
+    flags = ["--json", "--count", "2", "--interval", "1", "--kubeconfig", "/etc/bpfnfs/kubeconfig"]
+    env = {"PROC_PATH": "/host/proc", "NODE_NAME": NODE}
+    if image is None:
+        # bpfnfs as the image would carry it: this checkout and its venv (under /tmp on some
+        # machines, which the container's own /tmp tmpfs would hide).
+        mounts.append(
+            {"destination": str(ROOT), "type": "bind", "source": str(ROOT), "options": ["rbind", "ro"]}
+        )
+        args = [*BPFNFS, *flags]
+        env["PYTHONPATH"] = str(ROOT / "src")
+    else:  # the image's entrypoint, on its PATH
+        args = ["bpfnfs", *flags]
+        env["PATH"] = "/opt/bpfnfs/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
 
     def agent(name: str, caps: list[str]) -> tuple[int | None, str, list[dict[str, Any]]]:
         cfg = spec(
-            args, f"/kubepods/burstable/podbpfnfs/{name}", mounts, caps, ["ipc", "uts", "mount"], env=env
+            args,
+            f"/kubepods/burstable/podbpfnfs/{name}",
+            mounts,
+            caps,
+            ["ipc", "uts", "mount"],
+            env=env,
+            root=image,
         )
         p = runc(name, cfg, out)
         try:
@@ -470,6 +489,8 @@ def daemonset(c: Checks, out: Path, kcfg: str) -> None:
         {k: (m.get("rpc_clients"), m.get("client_state")) for k, m in mps.items()},
     )
     c.add("daemonset container: no traceback", "Traceback" not in err, err[-1500:])
+    if image is not None:
+        return
     # Without CAP_SYS_ADMIN: no module BTF, so tier tracefs, and it says why; where perf events
     # need CAP_SYS_ADMIN too (Debian's perf_event_paranoid=3) it ends with one message naming both.
     rc, err, d = agent("bpfnfs-no-admin", NO_ADMIN)
@@ -494,9 +515,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cgroup-v1", action="store_true", help="a v1-only guest: attribution only")
+    ap.add_argument("--image-rootfs", type=Path, help="the built image's root: its DaemonSet container only")
     args = ap.parse_args()
     v1 = args.cgroup_v1
-    out: Path = args.out / ("pods-v1" if v1 else "pods")
+    image: Path | None = args.image_rootfs
+    name = "pods-v1" if v1 else "pods-image" if image else "pods"
+    out: Path = args.out / name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     c = Checks("lab.check_pods")
@@ -536,17 +560,22 @@ def main() -> int:
                 (r.returncode, r.stderr[-600:]),
             )
         mount_volumes()
-        attribution(c, out, kcfg, v1)
-        if not v1:
-            daemonset(c, out, kcfg)
+        if image is not None:
+            daemonset(c, out, kcfg, image)
+        else:
+            attribution(c, out, kcfg, v1)
+            if not v1:
+                daemonset(c, out, kcfg)
     except Exception as e:  # a guest error must still leave a result file
         c.add("check_pods ran to the end", False, f"{type(e).__name__}: {e}")
     finally:
         api.close()
     watches = [q for path, q in api.requests if q.get("watch")]
+    lists = [q for path, q in api.requests if path == "/api/v1/pods" and not q.get("watch")]
     c.add(
-        "API: pods listed and watched with this node's fieldSelector",
-        bool(watches)
+        # The image's agent ends after two reports (--count 2): listed, maybe not yet watching.
+        "API: pods listed" + ("" if image else " and watched") + " with this node's fieldSelector",
+        bool(lists if image else watches)
         and all(
             q.get("fieldSelector") == [f"spec.nodeName={NODE}"]
             for path, q in api.requests
@@ -554,7 +583,7 @@ def main() -> int:
         ),
         api.requests[:4],
     )
-    (args.out / ("pods-v1.json" if v1 else "pods.json")).write_text(json.dumps({"checks": c.items}, indent=1))
+    (args.out / f"{name}.json").write_text(json.dumps({"checks": c.items}, indent=1))
     log(f"{len(c.items) - c.failed}/{len(c.items)} checks passed")
     return 1 if c.failed else 0
 

@@ -88,6 +88,10 @@ CHURN_LONG = os.environ.get("LAB_CHURN") == "1"
 # A cgroup v1-only node (systemd's legacy layout, no cgroup2): its late-attach boot runs the pods
 # of lab.check_pods again (--cgroup-v1), attributed through the memory controller's hierarchy.
 V1_SUITES = ("bookworm",)
+# `make image-check`: the image deploy/Dockerfile builds (make image: build/image-rootfs) run as the
+# DaemonSet runs it, in a trixie VM of its own (the image is not built in make test: no registry).
+IMAGE_CHECK = os.environ.get("LAB_IMAGE") == "1"
+IMAGE_ROOTFS = ROOT / "build" / "image-rootfs"
 CHURN_LONG_SUITE, CHURN_LONG_PODS = "bullseye", 1000
 
 
@@ -139,6 +143,12 @@ def _boot(job: tuple[str, bool]) -> tuple[str, bool, Any]:
     suite, late = job
     if suite == "bench":
         return suite, late, _bench_smoke()
+    if suite == "image":
+        out = OUT / "image"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        cmd = f"{VENV_PY} -m lab.check_pods --image-rootfs {IMAGE_ROOTFS} --out {out}"
+        return suite, late, vm.run("trixie", ["sh", "-c", cmd], out, nfs="full", mem="1536M", timeout=1800)
     if suite == "churn":
         out = OUT / "churn-long"
         shutil.rmtree(out, ignore_errors=True)
@@ -200,6 +210,7 @@ def lab_runs() -> dict[tuple[str, bool], Any]:
     # kernels (three workers and a second agent), the others, the short late-attach boots.
     jobs = [("bench", False)] if BENCH_SMOKE else []
     jobs += [("churn", False)] if CHURN_LONG else []
+    jobs += [("image", False)] if IMAGE_CHECK else []
     jobs += sorted(((s, False) for s in SUITES), key=lambda j: j[0] not in PREEMPTIBLE)
     jobs += [(s, True) for s in LATE if s in SUITES]
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -401,6 +412,18 @@ def test_pod_churn_long(lab_runs: dict[tuple[str, bool], Any]) -> None:
     bad = [x for x in r["checks"] if not x["ok"]]
     assert not bad, f"{len(bad)} failed: {bad[:10]}; figures {r.get('figures')}"
     assert res.rc == 0, f"rc {res.rc}: {res.error}; see {res.console_log}"
+
+
+def test_image_daemonset(lab_runs: dict[tuple[str, bool], Any]) -> None:
+    """`make image-check`: the built image's bpfnfs (not this checkout's) in a runc container with
+    the DaemonSet's capabilities and host mounts attaches and maps every NFS mount of the node."""
+    if ("image", False) not in lab_runs:
+        pytest.skip("the image runs in `make image-check` (LAB_IMAGE=1), not in make test")
+    r = _load(OUT / "image" / "pods-image.json")
+    bad = [x for x in r["checks"] if not x["ok"]]
+    assert not bad, f"{len(bad)} failed: {bad[:10]}"
+    names = " ".join(x["check"] for x in r["checks"])
+    assert "daemonset container: all mapped" in names, names
 
 
 @pytest.mark.parametrize("suite", LATE)

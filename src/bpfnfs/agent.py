@@ -141,9 +141,7 @@ class Agent:
             return False
         if first:
             obj = self.loader.objs[0]
-            self.events.start(
-                RingBuffer(libbpf(), obj.maps["events"].fd, (R.OP_EVENT.size, R.PATH_EVENT.size))
-            )
+            self.events.start(RingBuffer(libbpf(), obj.maps["events"].fd, R.RECORDS))
             self.mounts.probe_map = obj.maps["mount_probe"]
             self._update_cgroup_filter()
         return True

@@ -26,8 +26,9 @@ def test_every_tier_program_exists() -> None:
 def test_record_sizes() -> None:
     assert R.RPC_KEY.size == 32
     assert R.RPC_VAL.size == 840
-    assert R.OP_EVENT.size == 128
+    assert R.OP_EVENT.size == 136
     assert R.PATH_EVENT.size == 512
+    assert R.REC_HDR.size == 8
     assert R.CONFIG.size == 104
     assert R.LIVE.size == 24
     packed = R.pack_config(1234, R.CFG_F_EVENTS, 10**7, 0o40000, {"sl_rtt": 40, "x4_error": 24}, cgroup_v1=5)

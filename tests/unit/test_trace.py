@@ -28,7 +28,27 @@ def _mounts() -> list[NfsMount]:
 
 def _event(kind: int, op: int, status: int = 0, lat: int = 250_000_000) -> OpRecord:
     raw = R.OP_EVENT.pack(
-        1_000_000_000, lat, 0, 0, 99, 42, 4096, 1234, 1235, DEV, 7, 3, 0xABC, status, kind, op, b"dd", b"READ"
+        R.REC_OP,
+        R.REC_OP_VERSION,
+        R.OP_EVENT.size,
+        1_000_000_000,
+        lat,
+        0,
+        0,
+        99,
+        42,
+        4096,
+        1234,
+        1235,
+        DEV,
+        7,
+        3,
+        0xABC,
+        status,
+        kind,
+        op,
+        b"dd",
+        b"READ",
     )
     return decode_ops(raw)[0]
 

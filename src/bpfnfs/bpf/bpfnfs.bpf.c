@@ -352,6 +352,7 @@ static __always_inline void emit_rpc_event(const struct rpc_key *key, __u64 queu
 		return;
 	}
 	id = bpf_get_current_pid_tgid();
+	e->hdr = REC_HDR(REC_OP, REC_OP_VERSION, struct op_event);
 	e->ts_ns = bpf_ktime_get_ns();
 	e->latency_ns = execute;
 	e->queue_ns = queue;
@@ -988,7 +989,7 @@ static __always_inline void emit_path(__u32 dev, __u64 fileid, struct dentry *d)
 		count(CNT_RINGBUF_DROPS);
 		return;
 	}
-	e->kind = OP_PATH;
+	e->hdr = REC_HDR(REC_PATH, REC_PATH_VERSION, struct path_event);
 	e->fileid = fileid;
 	e->dev = dev;
 	e->flags = 0;
@@ -1096,6 +1097,7 @@ static __always_inline void emit_vfs_event(__u32 op, __u32 dev, __u64 fileid, __
 		return;
 	}
 	id = bpf_get_current_pid_tgid();
+	e->hdr = REC_HDR(REC_OP, REC_OP_VERSION, struct op_event);
 	e->ts_ns = bpf_ktime_get_ns();
 	e->latency_ns = lat;
 	e->queue_ns = 0;

@@ -246,14 +246,30 @@ enum bpfnfs_counter {
 	CNT_MAX,
 };
 
-/* One per-operation record on the ring buffer (slow ops now; traces later).
- * Fixed size so user space drains a batch with one iter_unpack. */
+/* Every record on the ring buffer starts with this header. User space sorts
+ * records by (kind, version), never by size, and counts (and skips) one whose
+ * kind or version it does not know: a layout change bumps its kind's version. */
+struct rec_hdr {
+	__u16 kind;                   /* enum rec_kind */
+	__u16 version;                /* of that kind's layout */
+	__u32 size;                   /* bytes of the whole record, header included */
+};
+
+enum rec_kind {
+	REC_OP = 1,                   /* struct op_event */
+	REC_PATH = 2,                 /* struct path_event */
+};
+#define REC_OP_VERSION 1
+#define REC_PATH_VERSION 1
+
+/* One per-operation record (slow ops now; traces later). */
 enum op_kind {
 	OP_RPC = 1,
 	OP_VFS = 2,                   /* vers holds the enum vfs_op, dev/fileid the file */
 };
 
 struct op_event {
+	struct rec_hdr hdr;           /* REC_OP, REC_OP_VERSION */
 	__u64 ts_ns;                  /* bpf_ktime_get_ns() at completion */
 	__u64 latency_ns;             /* execute time for RPCs, call time for VFS */
 	__u64 queue_ns;
@@ -268,7 +284,7 @@ struct op_event {
 	__u32 task_id;
 	__u32 xid;
 	__s32 status;
-	__u16 kind;
+	__u16 kind;                   /* enum op_kind */
 	__u16 vers;
 	char comm[BPFNFS_COMM_LEN];
 	char proc[BPFNFS_PROC_LEN];
@@ -276,11 +292,11 @@ struct op_event {
 
 /* Path of a file the first time it is seen, so user space can name the
  * (dev, fileid) keys: components leaf first, each NUL-terminated, up to the
- * superblock root. Records on the ring buffer are either op_event or this. */
+ * superblock root. */
 #define BPFNFS_PATH_LEN 480
 #define PATH_F_TRUNCATED 1u
 struct path_event {
-	__u64 kind;                   /* OP_PATH, at the offset of op_event's ts_ns */
+	struct rec_hdr hdr;           /* REC_PATH, REC_PATH_VERSION */
 	__u64 fileid;
 	__u32 dev;
 	__u32 flags;
@@ -288,7 +304,9 @@ struct path_event {
 	__u32 depth;
 	char path[BPFNFS_PATH_LEN];
 };
-#define OP_PATH 0xffffffffffffffffULL
+
+#define REC_HDR(kind_, version_, type_) \
+	((struct rec_hdr){ .kind = (kind_), .version = (version_), .size = sizeof(type_) })
 
 /* Read-only configuration, written by the loader before load. It is the only
  * variable in .rodata, so the loader can set it as the map's whole value. */

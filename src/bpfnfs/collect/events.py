@@ -56,9 +56,11 @@ class OpRecord:
 def decode_ops(buf: bytes) -> list[OpRecord]:
     """Concatenated op_event records -> OpRecords (the one place they are decoded)."""
     out = []
-    for f in R.OP_EVENT.iter_unpack(buf):
-        # ts, latency, queue, rtt, cgroup, fileid, bytes, pid, tid, dev, clid, task_id, xid, status
-        # (OpRecord's fields in this order), then kind, vers, comm, proc.
+    for rec in R.OP_EVENT.iter_unpack(buf):
+        # The header (kind, version, size: the sink sorted by it), then ts, latency, queue, rtt,
+        # cgroup, fileid, bytes, pid, tid, dev, clid, task_id, xid, status (OpRecord's fields in
+        # this order), then kind, vers, comm, proc.
+        f = rec[3:]
         kind, vers, comm, proc = f[14:]
         if kind == R.OP_VFS:
             k, op = "vfs", R.VFS_OPS[vers] if vers < len(R.VFS_OPS) else f"op{vers}"
@@ -73,9 +75,7 @@ def decode_ops(buf: bytes) -> list[OpRecord]:
 def decode_paths(buf: bytes) -> dict[FileKey, tuple[str, bool]]:
     """Concatenated path_event records -> {(dev, fileid): (path below the superblock root, truncated)}."""
     out: dict[FileKey, tuple[str, bool]] = {}
-    for kind, fileid, dev, flags, length, _depth, raw in R.PATH_EVENT.iter_unpack(buf):
-        if kind != R.OP_PATH:
-            continue
+    for _kind, _version, _size, fileid, dev, flags, length, _depth, raw in R.PATH_EVENT.iter_unpack(buf):
         parts = [p.decode("utf-8", "replace") for p in raw[:length].split(b"\0") if p]  # leaf first
         out[(dev, fileid)] = ("/" + "/".join(reversed(parts)), bool(flags & R.PATH_F_TRUNCATED))
     return out
@@ -146,8 +146,8 @@ class EventPath:
             if self.ring is None:
                 return
             got = self.ring.drain()
-            self.paths.update(decode_paths(got[R.PATH_EVENT.size]))
-            raw = got[R.OP_EVENT.size]
+            self.paths.update(decode_paths(got[(R.REC_PATH, R.REC_PATH_VERSION)]))
+            raw = got[(R.REC_OP, R.REC_OP_VERSION)]
         if raw and self._subscribers:
             ops = decode_ops(raw)
             for fn in self._subscribers:

@@ -162,12 +162,20 @@ CFG_F_WRITE_COUNTED_EARLY = 512
 # The flags of LIVE (changeable at run time); CONFIG holds the others.
 CFG_F_LIVE = CFG_F_VFS_PID | CFG_F_FILTER_PID | CFG_F_FILTER_COMM | CFG_F_FILTER_CGROUP
 
-# Ring buffer records: struct op_event and struct path_event.
-OP_EVENT = struct.Struct(f"<7Q6IiHH{COMM_LEN}s{PROC_LEN}s")
+# Ring buffer records, each after a struct rec_hdr (kind, version, size): struct op_event and
+# struct path_event. A layout change bumps its kind's version here and in bpf/bpfnfs.h.
+REC_HDR = struct.Struct("<HHI")
+REC_OP, REC_PATH = 1, 2
+REC_OP_VERSION = REC_PATH_VERSION = 1
+OP_EVENT = struct.Struct(f"<HHI7Q6IiHH{COMM_LEN}s{PROC_LEN}s")
 OP_RPC, OP_VFS = 1, 2
-PATH_EVENT = struct.Struct(f"<QQIIII{PATH_LEN}s")  # kind, fileid, dev, flags, len, depth, path
+PATH_EVENT = struct.Struct(f"<HHIQIIII{PATH_LEN}s")  # header, fileid, dev, flags, len, depth, path
 PATH_F_TRUNCATED = 1
-OP_PATH = 0xFFFFFFFFFFFFFFFF  # path_event.kind
+# (kind, version) -> record size: what the ring's sink keeps.
+RECORDS: dict[tuple[int, int], int] = {
+    (REC_OP, REC_OP_VERSION): OP_EVENT.size,
+    (REC_PATH, REC_PATH_VERSION): PATH_EVENT.size,
+}
 
 # Map name -> (key struct size, value struct size) for the start-up layout check.
 LAYOUTS: dict[str, tuple[int, int]] = {

@@ -2,9 +2,9 @@
 
 libbpf's ring_buffer__consume() walks the ring; instead of a Python callback per
 record, its callback is bpfnfs_sink_cb from the tiny C library built next to
-this file (sink.c), which copies records into flat buffers by size. Python then
-decodes each buffer with one struct.iter_unpack. Records are fixed-size per kind
-(collect.records.OP_EVENT, PATH_EVENT)."""
+this file (sink.c), which copies records into flat buffers by their header's
+(kind, version). Python then decodes each buffer with one struct.iter_unpack.
+Each (kind, version) has one fixed size (collect.records.RECORDS)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class _SinkBuf(ctypes.Structure):
         ("cap", ctypes.c_uint64),
         ("len", ctypes.c_uint64),
         ("rec_size", ctypes.c_uint64),
+        ("kind", ctypes.c_uint64),
     ]
 
 
@@ -43,19 +44,22 @@ def _sink_library() -> ctypes.CDLL:
 class RingBuffer:
     """Consumer of one BPF_MAP_TYPE_RINGBUF map; not thread-safe."""
 
-    def __init__(self, lib: Libbpf, map_fd: int, record_sizes: tuple[int, ...], batch: int = 8192) -> None:
-        if not 0 < len(record_sizes) <= SINK_MAX:
-            raise ValueError(f"1 to {SINK_MAX} record sizes, got {len(record_sizes)}")
+    def __init__(
+        self, lib: Libbpf, map_fd: int, records: dict[tuple[int, int], int], batch: int = 8192
+    ) -> None:
+        """records: {(kind, version): record size} of the records to keep."""
+        if not 0 < len(records) <= SINK_MAX:
+            raise ValueError(f"1 to {SINK_MAX} record kinds, got {len(records)}")
         self._lib = lib
         self._so = _sink_library()
         self._sink = _Sink()
         self._mem: list[ctypes.Array[ctypes.c_char]] = []
-        for i, size in enumerate(record_sizes):
+        self.kinds = tuple(records)
+        for i, ((kind, version), size) in enumerate(records.items()):
             mem = ctypes.create_string_buffer(size * batch)
             self._mem.append(mem)
-            self._sink.bufs[i] = _SinkBuf(ctypes.addressof(mem), size * batch, 0, size)
-        self._sink.nbufs = len(record_sizes)
-        self.sizes = record_sizes
+            self._sink.bufs[i] = _SinkBuf(ctypes.addressof(mem), size * batch, 0, size, kind | version << 16)
+        self._sink.nbufs = len(records)
         cb = ctypes.cast(self._so.bpfnfs_sink_cb, ctypes.c_void_p)
         ctypes.set_errno(0)
         self._rb = lib.lib.ring_buffer__new(map_fd, cb, ctypes.byref(self._sink), None)
@@ -66,15 +70,15 @@ class RingBuffer:
     def unknown_records(self) -> int:
         return int(self._sink.unknown)
 
-    def drain(self, limit: int = 64) -> dict[int, bytes]:
-        """Everything in the ring now, as {record size: concatenated records}."""
-        out: dict[int, list[bytes]] = {s: [] for s in self.sizes}
+    def drain(self, limit: int = 64) -> dict[tuple[int, int], bytes]:
+        """Everything in the ring now, as {(kind, version): concatenated records}."""
+        out: dict[tuple[int, int], list[bytes]] = {k: [] for k in self.kinds}
         for _ in range(limit):
             ret = self._lib.lib.ring_buffer__consume(self._rb)
-            for i, size in enumerate(self.sizes):
+            for i, k in enumerate(self.kinds):
                 b = self._sink.bufs[i]
                 if b.len:
-                    out[size].append(ctypes.string_at(b.data, b.len))
+                    out[k].append(ctypes.string_at(b.data, b.len))
                     b.len = 0
             if ret != -ENOSPC:
                 if ret < 0:

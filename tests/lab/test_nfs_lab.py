@@ -190,15 +190,18 @@ PANICS: list[str] = []
 
 def _emulator_panic(console: str) -> bool:
     """A guest kernel panic with no BPF, kprobe or trampoline frame in its trace. Seen once
-    in about twenty TCG boots (a double fault in kmalloc under create_worker, EFLAGS
-    garbage): the emulator's, not bpfnfs's, so that boot runs again. A panic that shows
-    any of bpfnfs's machinery is never retried."""
+    in about twenty TCG boots (a double fault in kmalloc, EFLAGS garbage, under create_worker
+    or a plain openat): the emulator's, not bpfnfs's, so that boot runs again. A panic that
+    shows any of bpfnfs's machinery in a reliable frame is never retried. Frames the unwinder
+    marks unreliable ("? name") are stale words left on the stack, such as the kretprobe
+    trampoline's return address from an earlier system call: they do not count."""
     if "Kernel panic" not in console:
         return False
     # The kernel's lines (the guest's clock after the host's) from the first oops line on.
     kernel = [ln for ln in console.splitlines() if re.match(r"\[\s*[\d.]+\] \[\s*[\d.]+\] ", ln)]
     start = next((i for i, ln in enumerate(kernel) if re.search(r"Oops|BUG:|PANIC|Call Trace", ln)), 0)
-    trace = "\n".join(kernel[start:]).lower()
+    reliable = [ln for ln in kernel[start:] if not re.match(r"\[\s*[\d.]+\] \[\s*[\d.]+\]\s+\? ", ln)]
+    trace = "\n".join(reliable).lower()
     return not any(k in trace for k in ("bpf", "kprobe", "trampoline", "ftrace"))
 
 

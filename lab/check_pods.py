@@ -57,7 +57,6 @@ NODE = "lab-node"
 PORT = 9134
 KUBELET = Path("/var/lib/kubelet/pods")
 RUN = Path("/run/lab-pods")
-CGROOT = Path("/sys/fs/cgroup")
 MOUNTSTATS = Path("/proc/self/mountstats")
 SHARED_WITH = "/mnt/nfs4"  # same export and options: the pods' volumes share its superblock
 

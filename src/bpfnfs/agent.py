@@ -41,7 +41,14 @@ class Agent:
         self.log = log
         self.tracefs: Path | None = None
         btf_source = BtfSource(kernel=cfg.btf.kernel, module_dir=cfg.btf.model_dir)
-        self.loader = Loader(cfg, log, events, btf_source=btf_source)
+        self.loader = Loader(
+            cfg,
+            log,
+            events,
+            btf_source=btf_source,
+            trees=events and cfg.trace.spans,
+            sample=cfg.trace.sample_ratio,
+        )
         self.view = host_view(cfg.collection.proc)  # the node's mounts, also from a container
         if self.view.in_container:
             log(f"reading the node's mounts and cgroups through {self.view.proc}/1 ({self.view.reason})")

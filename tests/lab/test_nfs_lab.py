@@ -8,7 +8,8 @@ and metadata workload and every path that moves the bytes: counters, on an
 NFSv3 and an NFSv4.2 mount; on the preemptible kernels from three workers at
 once, next to the old counting method, which must lose events and report
 them), lab.check_cli (the command as a person runs it), lab.check_views and
-lab.check_client; on 5.10, 6.1 and 6.12 also lab.check_config (the
+lab.check_client; on 5.10, 6.1 and the newest 7.x lab.check_spans (span trees of
+`bpfnfs trace --spans` against mountstats); on 5.10, 6.1 and 6.12 lab.check_config (the
 configuration file, SIGHUP, DNS), on 6.1 lab.check_btf (BTF from files), and
 on 6.12 lab.check_pods (pods and containers with runc, the stand-in Kubernetes
 API, bpfnfs in a DaemonSet-like container), and on 6.12 with preempt=full
@@ -71,6 +72,9 @@ LRU_FILES = int(os.environ.get("LAB_LRU_FILES", "20000"))
 # The configuration file (lab.check_config: the original tool's config.yaml, file = flags,
 # SIGHUP, DNS) and BTF from files (lab.check_btf) on one kernel per tier and release line.
 CONFIG_SUITES = ("bullseye", "bookworm", "trixie")
+# Span trees (lab.check_spans: `bpfnfs trace --spans` against mountstats): one kernel per tier and
+# counting method, 5.10 (tracefs, kprobes), 6.1 (btf, fentry) and the newest 7.x (btf, kprobes).
+SPANS_SUITES = ("bullseye", "bookworm", "trixie-backports")
 # `make bench-smoke`: the benchmark end to end at small sizes, in its own VM (19 min under TCG:
 # a long run, so not in make test, whose budget is 60 minutes on two cores).
 BENCH_SMOKE = os.environ.get("LAB_BENCH_SMOKE") == "1"
@@ -103,6 +107,7 @@ def _guest_cmd(suite: str, out: Path, late: bool) -> str:
             cmd = f'rc=""; {cmd} || rc=$?; {v1} || rc=${{rc:-$?}}; exit ${{rc:-0}}'
         return cmd
     files = LRU_FILES
+    spans = f"{VENV_PY} -m lab.check_spans --out {out} || rc=${{rc:-$?}}; " if suite in SPANS_SUITES else ""
     # Each check writes its own JSON; run them all even if one fails, report the first failure's rc.
     config = ""
     if suite in CONFIG_SUITES:
@@ -120,7 +125,7 @@ def _guest_cmd(suite: str, out: Path, late: bool) -> str:
         f"{VENV_PY} -m lab.check_client --out {out} --files {files} || rc=${{rc:-$?}}; "
         f"{VENV_PY} -m lab.check_cli --out {out} || rc=${{rc:-$?}}; "
         f"{VENV_PY} -m lab.check_views --out {out} || rc=${{rc:-$?}}; "
-        f"{config}exit ${{rc:-0}}"
+        f"{spans}{config}exit ${{rc:-0}}"
     )
 
 
@@ -320,6 +325,23 @@ def _guest_checks(
     names = " ".join(x["check"] for x in r["checks"])
     for what in scenarios:
         assert what in names, f"scenario missing: {what}"
+
+
+@pytest.mark.parametrize("suite", SPANS_SUITES)
+def test_span_trees(suite: str, lab_runs: dict[tuple[str, bool], Any]) -> None:
+    """`bpfnfs trace --spans`: a 1 MiB O_DIRECT read is one read span with exactly 8 READ children
+    (rsize 128 KiB), readahead READs and an fsync's WRITEs and COMMIT hang under the operation
+    that started them, and the RPC spans equal the mountstats deltas (lab.check_spans)."""
+    _guest_checks(
+        suite,
+        lab_runs,
+        "spans.json",
+        "exactly 8 READ children",
+        "readahead",
+        "COMMIT is its child",
+        "equal the mountstats deltas",
+        "every parent id is a span",
+    )
 
 
 @pytest.mark.parametrize("suite", CONFIG_SUITES)

@@ -13,7 +13,30 @@ from bpfnfs.collect.events import EventPath, OpQueue, OpRecord, decode_ops, deco
 def _op(kind: int, vers: int, status: int = 0, proc: bytes = b"") -> bytes:
     hdr = (R.REC_OP, R.REC_OP_VERSION, R.OP_EVENT.size)
     return R.OP_EVENT.pack(
-        *hdr, 5, 2_000_000, 10, 20, 99, 42, 4096, 100, 101, 55, 7, 3, 0xABC, status, kind, vers, b"fio", proc
+        *hdr,
+        5,
+        2_000_000,
+        10,
+        20,
+        99,
+        42,
+        4096,
+        0,
+        0,
+        0,
+        100,
+        101,
+        55,
+        7,
+        3,
+        0xABC,
+        status,
+        kind,
+        vers,
+        0,
+        0,
+        b"fio",
+        proc,
     )
 
 

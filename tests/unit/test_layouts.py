@@ -18,7 +18,7 @@ def test_map_layouts_match_object() -> None:
 def test_every_tier_program_exists() -> None:
     planned = set()
     for tier, method in (("btf", "fentry"), ("btf", "kprobe"), ("tracefs", "kprobe")):
-        planned |= set(programs_for(tier, method))
+        planned |= set(programs_for(tier, method, trees=True))
     with BpfObject(object_bytes()).open() as obj:
         assert planned == set(obj.programs)
 
@@ -26,13 +26,18 @@ def test_every_tier_program_exists() -> None:
 def test_record_sizes() -> None:
     assert R.RPC_KEY.size == 32
     assert R.RPC_VAL.size == 840
-    assert R.OP_EVENT.size == 136
+    assert R.OP_EVENT.size == 168
     assert R.PATH_EVENT.size == 512
     assert R.REC_HDR.size == 8
-    assert R.CONFIG.size == 104
+    assert R.CONFIG.size == 120
     assert R.LIVE.size == 24
     packed = R.pack_config(1234, R.CFG_F_EVENTS, 10**7, 0o40000, {"sl_rtt": 40, "x4_error": 24}, cgroup_v1=5)
     vals = R.CONFIG.unpack(packed)
-    assert vals[:5] == (1234, R.CFG_F_EVENTS, 10**7, 0o40000, 5)
-    assert vals[5 + R.TP_OFFSET_FIELDS.index("sl_rtt")] == 40
-    assert vals[5 + R.TP_OFFSET_FIELDS.index("x4_error")] == 24
+    assert vals[:7] == (1234, R.CFG_F_EVENTS, 10**7, 0o40000, 5, 0, 0)
+    assert vals[7 + R.TP_OFFSET_FIELDS.index("sl_rtt")] == 40
+    assert vals[7 + R.TP_OFFSET_FIELDS.index("x4_error")] == 24
+    # Span trees: the sample ratio as a threshold on bpf_get_prandom_u32(); 1 keeps every root.
+    half = R.CONFIG.unpack(R.pack_config(1, R.CFG_F_TREES, 0, 0, {}, sample=0.5))
+    assert half[1] == R.CFG_F_TREES and half[5] == 2**31
+    every = R.CONFIG.unpack(R.pack_config(1, R.CFG_F_TREES, 0, 0, {}, sample=1.0))
+    assert every[1] == R.CFG_F_TREES | R.CFG_F_SAMPLE_ALL and every[5] == 2**32 - 1

@@ -26,7 +26,14 @@ def _mounts() -> list[NfsMount]:
     return [NfsMount(m, clid=7)]
 
 
-def _event(kind: int, op: int, status: int = 0, lat: int = 250_000_000) -> OpRecord:
+def _event(
+    kind: int,
+    op: int,
+    status: int = 0,
+    lat: int = 250_000_000,
+    span: tuple[int, int, int, int] = (0, 0, 0, 0),
+) -> OpRecord:
+    span_id, parent_id, trace_id, keep = span
     raw = R.OP_EVENT.pack(
         R.REC_OP,
         R.REC_OP_VERSION,
@@ -38,6 +45,9 @@ def _event(kind: int, op: int, status: int = 0, lat: int = 250_000_000) -> OpRec
         99,
         42,
         4096,
+        span_id,
+        parent_id,
+        trace_id,
         1234,
         1235,
         DEV,
@@ -47,6 +57,8 @@ def _event(kind: int, op: int, status: int = 0, lat: int = 250_000_000) -> OpRec
         status,
         kind,
         op,
+        keep,
+        0,
         b"dd",
         b"READ",
     )
@@ -54,7 +66,9 @@ def _event(kind: int, op: int, status: int = 0, lat: int = 250_000_000) -> OpRec
 
 
 def _tracer(cfg: Config) -> Tracer:
-    agent = SimpleNamespace(paths={(DEV, 42): ("/sub/dir/f", False)})
+    agent = SimpleNamespace(
+        paths={(DEV, 42): ("/sub/dir/f", False)}, events=SimpleNamespace(trace_salt=0x0123456789ABCDEF)
+    )
     return Tracer(agent, cfg)  # type: ignore[arg-type]
 
 
@@ -101,3 +115,31 @@ def test_bad_min_latency_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         parse_args(["trace", "-m", "fast"])
     assert e.value.code == 2 and "--min-latency" in capsys.readouterr().err
+
+
+def test_span_tree_records_carry_w3c_ids_and_times() -> None:
+    """--spans: a root says why the kernel kept it; a child names its parent; the trace id is the
+    agent's salt and the root's 64-bit id (32 hex digits), span ids 16; times are wall-clock ns."""
+    t = _tracer(Config(trace={"spans": True, "sample_ratio": 1}))
+    root = t.decode(
+        _event(R.OP_VFS, R.VFS_OPS.index("read"), span=(0xA1, 0, 0xA1, R.KEEP_SAMPLED | R.KEEP_SLOW)),
+        _mounts(),
+        5_000,
+    )
+    # An RPC child is printed in span mode without --rpc.
+    child = t.decode(_event(R.OP_RPC, 3, lat=1_000, span=(0xB2, 0xA1, 0xA1, 0)), _mounts(), 5_000)
+    assert root is not None and child is not None
+    r, c = root.as_dict(), child.as_dict()
+    assert r["trace_id"] == c["trace_id"] == "0123456789abcdef00000000000000a1"
+    assert (r["span_id"], r["parent_span_id"], r["kept"]) == ("00000000000000a1", None, ["slow", "sampled"])
+    assert (c["span_id"], c["parent_span_id"], "kept" in c) == ("00000000000000b2", "00000000000000a1", False)
+    assert (c["start_unix_nano"], c["end_unix_nano"]) == (1_000_005_000 - 1_000, 1_000_005_000)
+    assert child.line().split()[3] == "\u2514READ"  # under its parent
+    # Outside span mode the same fields are absent.
+    plain = _tracer(Config()).decode(_event(R.OP_VFS, 0), _mounts(), 0)
+    assert plain is not None and "span_id" not in plain.as_dict()
+
+
+def test_spans_flags() -> None:
+    cfg = parse_args(["trace", "--spans", "--sample-ratio", "0.25"])[1]
+    assert cfg.trace.spans and cfg.trace.sample_ratio == 0.25

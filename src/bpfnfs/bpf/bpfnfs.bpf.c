@@ -145,6 +145,9 @@ struct vfs_entry {
 	__u64 count0;                 /* read/write: bytes asked for (iov_iter_count, splice len) */
 	__u32 direct;
 	__u32 _pad;
+	__u64 span;                   /* span trees: this op's span, its parent's, its root's */
+	__u64 parent;
+	__u64 root;
 };
 
 /* Start-map key of nfs_atomic_open, accounted as VFS_OPEN when it opened the file. */
@@ -201,6 +204,89 @@ static struct rpc_val zero_rpc_val;
 static struct io_val zero_io_val;
 static struct vfs_val zero_vfs_val;
 static struct owner_val zero_owner_val;
+
+/* ---- Span trees (CFG_F_TREES; struct op_event in bpfnfs.h says how) ---- */
+
+/* The innermost syscall-side op in flight on a thread: the parent of what the
+ * thread starts. */
+struct op_ctx {
+	__u64 span;
+	__u64 root;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct op_ctx);
+} cur_op SEC(".maps");
+
+/* A root that has children: how many it started (only its own thread starts
+ * them, so a plain increment), and its decision once it ended. */
+struct tree {
+	__u32 n;
+	__u32 decision;               /* 0 while the root runs, then KEEP_DECIDED | KEEP_* */
+	__u64 arrivals;               /* children parked; see child_parked() */
+};
+#define KEEP_DECIDED 0x80000000u
+#define KEEP_ANY (KEEP_SLOW | KEEP_ERROR | KEEP_SAMPLED)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct tree);
+} trees SEC(".maps");
+
+struct child_key {
+	__u64 root;
+	__u32 idx;                    /* order in which the root's thread started it */
+	__u32 _pad;
+};
+
+/* Children parked until their root is decided. LRU: a tree whose root never
+ * ended (its exit was missed) ages out instead of filling the map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct child_key);
+	__type(value, struct op_event);
+} pending SEC(".maps");
+
+/* An RPC an op started: its place in the tree, by (client id << 32 | task id). */
+struct rpc_link {
+	__u64 parent;
+	__u64 root;
+	__u32 idx;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct rpc_link);
+} rpc_links SEC(".maps");
+
+/* Span trees: the fsync or flush in flight on a file, which a COMMIT started
+ * elsewhere (nfsiod, after the file's last WRITE) belongs to; and that hint
+ * for the starting thread, from nfs_initiate_commit to its rpc_task_begin. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct file_key);
+	__type(value, struct op_ctx);
+} waiting_ops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct op_ctx);
+} commit_hint SEC(".maps");
+
+static struct op_event zero_event;
+static struct tree zero_tree;
 
 /* Defined with the attribution programs below; the tier programs call them. */
 static __always_inline void read_done_owner(__u32 dev, __u64 fileid, __s64 offset, __u32 count_);
@@ -337,22 +423,224 @@ static __always_inline void rpc_account(const struct rpc_key *key, __u64 queue, 
 	ADD(v->execute_hist[hist_index(execute)], 1);
 }
 
+static __always_inline __u64 new_span_id(void)
+{
+	__u64 id = ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+
+	return id ? id : 1;
+}
+
+/* Why a root that ended is kept (0: dropped). */
+static __always_inline __u32 keep_of(__u64 lat, __s32 status)
+{
+	__u32 k = 0;
+
+	if (lat >= cfg.slow_ns)
+		k |= KEEP_SLOW;
+	if (status < 0)
+		k |= KEEP_ERROR;
+	if ((cfg.flags & CFG_F_SAMPLE_ALL) || (cfg.sample && bpf_get_prandom_u32() < cfg.sample))
+		k |= KEEP_SAMPLED;
+	return k;
+}
+
+static __always_inline struct tree *tree_get(__u64 root)
+{
+	struct tree *t = bpf_map_lookup_elem(&trees, &root);
+
+	if (t)
+		return t;
+	bpf_map_update_elem(&trees, &root, &zero_tree, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&trees, &root);
+}
+
+/* A parked child leaves `pending` exactly once: whoever deletes it (its root's
+ * decision, or the child itself when it parked after that) sends it on.
+ * Global functions (not static) are verified once, on their own, not at every
+ * call site: tree_decide() calls this in a loop, and every exit program calls
+ * tree_decide(). Their arguments are scalars, as 5.10 requires. */
+__noinline int child_release(__u64 root, __u32 idx, __u32 decision)
+{
+	struct child_key ck = { .root = root, .idx = idx };
+	struct op_event *c = bpf_map_lookup_elem(&pending, &ck);
+	struct op_event *r;
+
+	if (!c || !c->hdr.kind)
+		return 0; /* not parked yet: it will see the decision itself */
+	if (!(decision & KEEP_ANY)) {
+		if (!bpf_map_delete_elem(&pending, &ck))
+			count(CNT_SPAN_PARENT_DROPPED);
+		return 0;
+	}
+	r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		if (!bpf_map_delete_elem(&pending, &ck))
+			count(CNT_RINGBUF_DROPS);
+		return 0;
+	}
+	__builtin_memcpy(r, c, sizeof(*r));
+	if (!bpf_map_delete_elem(&pending, &ck))
+		bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+	else
+		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+/* A root ended: record its decision, then send on (or drop) the children parked
+ * so far. One that parks later sees the decision itself (child_parked). The
+ * decision is stored with an atomic add, a full barrier: the children's headers
+ * are read only after it is visible. */
+__noinline int tree_decide(__u64 root, __u32 keep)
+{
+	struct tree *t = bpf_map_lookup_elem(&trees, &root);
+	__u32 i, n;
+
+	if (!t)
+		return 0; /* no child was started */
+	__sync_fetch_and_add(&t->decision, keep | KEEP_DECIDED);
+	n = t->n;
+	for (i = 0; i < BPFNFS_TREE_CHILDREN; i++) {
+		if (i >= n)
+			break;
+		child_release(root, i, keep);
+	}
+	return 0;
+}
+
+/* The parked slot for child idx of root (filled by the caller, then
+ * child_parked), or NULL: counted. */
+static __always_inline struct op_event *child_slot(struct child_key *ck, struct tree **tp)
+{
+	struct tree *t = bpf_map_lookup_elem(&trees, &ck->root);
+
+	if (!t) {
+		count(CNT_SPAN_TREE_LOST);
+		return NULL;
+	}
+	if (ck->idx >= BPFNFS_TREE_CHILDREN) {
+		count(CNT_SPAN_TREE_FULL);
+		return NULL;
+	}
+	if (bpf_map_update_elem(&pending, ck, &zero_event, BPF_NOEXIST)) {
+		count(CNT_SPAN_PENDING_FULL);
+		return NULL;
+	}
+	*tp = t;
+	return bpf_map_lookup_elem(&pending, ck);
+}
+
+/* The header goes in last: a root deciding meanwhile skips a record without
+ * one. The atomic add orders that store before the look at the decision, so
+ * the root sees the record, or the child sees the decision (or both: then the
+ * delete in child_release picks one). */
+static __always_inline void child_parked(struct child_key *ck, struct op_event *c, struct tree *t)
+{
+	__u32 d;
+
+	asm volatile("" ::: "memory");
+	c->hdr = REC_HDR(REC_OP, REC_OP_VERSION, struct op_event);
+	__sync_fetch_and_add(&t->arrivals, 1);
+	d = *(volatile __u32 *)&t->decision;
+	if (d)
+		child_release(ck->root, ck->idx, d);
+}
+
+/* Span ids of an op record. idx: a child's place among its root's. */
+struct span_ids {
+	__u64 span;
+	__u64 parent;
+	__u64 root;
+	__u32 idx;
+	__u32 has_tree;               /* a syscall-side root: it may have children */
+};
+
+/* Where an op record is written: the ring (a slow op; in tree mode a kept
+ * root), a parked slot (a child in tree mode), or nowhere (NULL). *tp is set
+ * for a parked slot; keep is the root's reasons. */
+static __always_inline struct op_event *record_slot(const struct span_ids *s, __u64 lat, __s32 status,
+						    struct child_key *ck, struct tree **tp, __u32 *keep)
+{
+	struct op_event *e;
+
+	*tp = NULL;
+	*keep = 0;
+	if (cfg.flags & CFG_F_TREES) {
+		if (!s->span)
+			return NULL;
+		if (s->parent) {
+			ck->root = s->root;
+			ck->idx = s->idx;
+			return child_slot(ck, tp);
+		}
+		*keep = keep_of(lat, status);
+		if (s->has_tree)
+			tree_decide(s->span, *keep);
+		if (!*keep) {
+			count(CNT_SPAN_UNSAMPLED);
+			return NULL;
+		}
+	} else if (!(cfg.flags & CFG_F_EVENTS) || lat < cfg.slow_ns) {
+		return NULL;
+	}
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		count(CNT_RINGBUF_DROPS);
+	return e;
+}
+
+static __always_inline void record_done(struct op_event *e, const struct span_ids *s, __u32 keep,
+					struct child_key *ck, struct tree *t)
+{
+	e->span_id = s->span;
+	e->parent_id = s->parent;
+	e->trace_id = s->root;
+	e->keep = keep;
+	e->_pad = 0;
+	if (t) {
+		child_parked(ck, e, t);
+		return;
+	}
+	e->hdr = REC_HDR(REC_OP, REC_OP_VERSION, struct op_event);
+	/* No wakeup: user space drains on a timer, in batches. */
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+/* An RPC's place in a tree: a child of the op that started it, or a root. */
+static __always_inline void rpc_span(struct span_ids *s, __u32 clid, __u32 task_id)
+{
+	__u64 lkey = ((__u64)clid << 32) | task_id;
+	struct rpc_link *l;
+
+	__builtin_memset(s, 0, sizeof(*s));
+	if (!(cfg.flags & CFG_F_TREES))
+		return;
+	s->span = new_span_id();
+	s->root = s->span;
+	l = bpf_map_lookup_elem(&rpc_links, &lkey);
+	if (!l)
+		return;
+	s->parent = l->parent;
+	s->root = l->root;
+	s->idx = l->idx;
+	bpf_map_delete_elem(&rpc_links, &lkey);
+}
+
 static __always_inline void emit_rpc_event(const struct rpc_key *key, __u64 queue, __u64 rtt,
 					   __u64 execute, __s32 status, __u32 task_id, __u32 xid,
 					   __u32 owner)
 {
+	struct child_key ck = {};
+	struct span_ids s;
 	struct op_event *e;
+	struct tree *t;
+	__u32 keep;
 	__u64 id;
 
-	if (!(cfg.flags & CFG_F_EVENTS) || execute < cfg.slow_ns)
+	rpc_span(&s, key->clid, task_id);
+	e = record_slot(&s, execute, status, &ck, &t, &keep);
+	if (!e)
 		return;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(CNT_RINGBUF_DROPS);
-		return;
-	}
 	id = bpf_get_current_pid_tgid();
-	e->hdr = REC_HDR(REC_OP, REC_OP_VERSION, struct op_event);
 	e->ts_ns = bpf_ktime_get_ns();
 	e->latency_ns = execute;
 	e->queue_ns = queue;
@@ -371,9 +659,9 @@ static __always_inline void emit_rpc_event(const struct rpc_key *key, __u64 queu
 	e->vers = key->vers;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	__builtin_memcpy(e->proc, key->proc, sizeof(e->proc));
-	/* No wakeup: user space drains on a timer, in batches. */
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	record_done(e, &s, keep, &ck, t);
 }
+
 
 /* ------------------------------------------------------------------------ */
 /* Tier "btf": typed access to the task through module BTF.                 */
@@ -828,6 +1116,59 @@ int tp_rpc_request(void *ctx)
 	return 0;
 }
 
+/* Span trees: an RPC starts in the thread that runs rpc_execute(), so the
+ * thread's op in flight (cur_op) is its parent. Both tiers, tree mode only. */
+SEC("tracepoint/sunrpc/rpc_task_begin")
+int tp_rpc_task_begin(void *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct rpc_link l = {};
+	struct op_ctx *cur, parent;
+	struct tree *t;
+	__u64 lkey;
+
+	cur = bpf_map_lookup_elem(&cur_op, &tid);
+	if (cur) {
+		parent = *cur;
+	} else {
+		cur = bpf_map_lookup_elem(&commit_hint, &tid);
+		if (!cur)
+			return 0;
+		parent = *cur;
+		bpf_map_delete_elem(&commit_hint, &tid);
+	}
+	t = tree_get(parent.root);
+	if (!t) {
+		count(CNT_SPAN_TREE_LOST);
+		return 0;
+	}
+	l.parent = parent.span;
+	l.root = parent.root;
+	l.idx = t->n++;
+	lkey = ((__u64)ctx_u32(ctx, cfg.off.tb_client_id) << 32) | ctx_u32(ctx, cfg.off.tb_task_id);
+	bpf_map_update_elem(&rpc_links, &lkey, &l, BPF_ANY);
+	return 0;
+}
+
+/* Span trees: a COMMIT started outside any op (nfsiod, when writeback's last
+ * WRITE completed) for a file an fsync or close is waiting on. */
+SEC("tracepoint/nfs/nfs_initiate_commit")
+int tp_nfs_initiate_commit(void *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct file_key fk = {};
+	struct op_ctx *w;
+
+	if (bpf_map_lookup_elem(&cur_op, &tid))
+		return 0; /* the thread's own op is the parent */
+	fk.dev = ctx_u32(ctx, cfg.off.ic_dev);
+	fk.fileid = ctx_u64(ctx, cfg.off.ic_fileid);
+	w = bpf_map_lookup_elem(&waiting_ops, &fk);
+	if (w)
+		bpf_map_update_elem(&commit_hint, &tid, w, BPF_ANY);
+	return 0;
+}
+
 SEC("tracepoint/nfs/nfs_readpage_done")
 int tp_nfs_readpage_done(void *ctx)
 {
@@ -971,7 +1312,74 @@ static __always_inline void vfs_enter(struct vfs_call *c)
 	e.iter = c->iter;
 	e.count0 = c->count;
 	e.direct = c->direct;
+	if ((cfg.flags & CFG_F_TREES) && c->op != VFS_DIRECT_READ && c->op != VFS_DIRECT_WRITE) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		struct op_ctx *cur = bpf_map_lookup_elem(&cur_op, &tid);
+		struct op_ctx now;
+
+		e.span = new_span_id();
+		e.parent = cur ? cur->span : 0;
+		e.root = cur ? cur->root : e.span;
+		now.span = e.span;
+		now.root = e.root;
+		bpf_map_update_elem(&cur_op, &tid, &now, BPF_ANY);
+		if (c->op == VFS_FSYNC || c->op == VFS_FLUSH) {
+			struct inode *ino = c->inode;
+			struct file_key fk = {};
+
+			fk.dev = BPF_CORE_READ(ino, i_sb, s_dev);
+			fk.fileid = BPF_CORE_READ(ino, i_ino);
+			bpf_map_update_elem(&waiting_ops, &fk, &now, BPF_ANY);
+		}
+	}
 	bpf_map_update_elem(&vfs_start, &key, &e, BPF_ANY);
+}
+
+/* Span trees: the op ended, so its thread's op in flight is its parent again,
+ * and the op's place in the tree is known (a nested op is numbered among its
+ * root's children now, in the root's thread). */
+static __always_inline void vfs_span_end(const struct vfs_entry *e, __u32 op, struct span_ids *s)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct op_ctx back, *w;
+	struct tree *t;
+
+	__builtin_memset(s, 0, sizeof(*s));
+	if (!(cfg.flags & CFG_F_TREES) || !e->span)
+		return;
+	if (op == VFS_FSYNC || op == VFS_FLUSH) {
+		struct inode *ino = e->inode;
+		struct file_key fk = {};
+
+		fk.dev = BPF_CORE_READ(ino, i_sb, s_dev);
+		fk.fileid = BPF_CORE_READ(ino, i_ino);
+		w = bpf_map_lookup_elem(&waiting_ops, &fk);
+		if (w && w->span == e->span)
+			bpf_map_delete_elem(&waiting_ops, &fk);
+	}
+	s->span = e->span;
+	s->parent = e->parent;
+	s->root = e->root;
+	s->has_tree = 1;
+	if (!e->parent) {
+		bpf_map_delete_elem(&cur_op, &tid);
+		return;
+	}
+	back.span = e->parent;
+	back.root = e->root;
+	bpf_map_update_elem(&cur_op, &tid, &back, BPF_ANY);
+	t = tree_get(e->root);
+	if (t)
+		s->idx = t->n++;
+	else
+		s->idx = BPFNFS_TREE_CHILDREN; /* counted as the record is written */
+}
+
+/* A root that ends without a record of its own still decides its tree. */
+static __always_inline void vfs_span_abandon(const struct span_ids *s)
+{
+	if (s->span && !s->parent)
+		tree_decide(s->span, 0);
 }
 
 /* Leaf-first path components up to the superblock root, into a ring record.
@@ -1084,21 +1492,19 @@ static __always_inline void file_account(__u32 op, __u32 dev, __u64 fileid, stru
 }
 
 static __always_inline void emit_vfs_event(__u32 op, __u32 dev, __u64 fileid, __u64 lat, __u64 bytes,
-					   __s32 status)
+					   __s32 status, const struct span_ids *s, __u64 now)
 {
+	struct child_key ck = {};
 	struct op_event *e;
+	struct tree *t;
+	__u32 keep;
 	__u64 id;
 
-	if (!(cfg.flags & CFG_F_EVENTS) || lat < cfg.slow_ns)
+	e = record_slot(s, lat, status, &ck, &t, &keep);
+	if (!e)
 		return;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(CNT_RINGBUF_DROPS);
-		return;
-	}
 	id = bpf_get_current_pid_tgid();
-	e->hdr = REC_HDR(REC_OP, REC_OP_VERSION, struct op_event);
-	e->ts_ns = bpf_ktime_get_ns();
+	e->ts_ns = now;
 	e->latency_ns = lat;
 	e->queue_ns = 0;
 	e->rtt_ns = 0;
@@ -1116,7 +1522,7 @@ static __always_inline void emit_vfs_event(__u32 op, __u32 dev, __u64 fileid, __
 	e->vers = op; /* enum vfs_op: user space names it */
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	__builtin_memset(e->proc, 0, sizeof(e->proc));
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	record_done(e, s, keep, &ck, t);
 }
 
 /*
@@ -1155,6 +1561,9 @@ static __always_inline __u64 io_bytes(__u32 op, __u32 direct, __s64 ret, bool ha
  * pointer or ERR_PTR, for page_mkwrite a vm_fault_t). */
 static __always_inline void vfs_exit(struct vfs_call *c, __s64 ret)
 {
+	/* One clock reading for the latency and the record's end: a span's start
+	 * (end - latency) is then its entry time exactly. */
+	__u64 now = bpf_ktime_get_ns();
 	__u64 skey = vfs_key_of(c->op);
 	struct vfs_entry *e = bpf_map_lookup_elem(&vfs_start, &skey);
 	struct vfs_key k = {};
@@ -1167,10 +1576,12 @@ static __always_inline void vfs_exit(struct vfs_call *c, __s64 ret)
 	__u32 op = c->op, dev, direct = c->direct;
 	__s32 status = 0;
 	bool have = false;
+	struct span_ids s = {};
 
 	if (e) {
 		have = true;
-		lat = bpf_ktime_get_ns() - e->ts;
+		vfs_span_end(e, op, &s);
+		lat = now - e->ts;
 		inode = e->inode;
 		dentry = e->dentry;
 		direct = e->direct;
@@ -1204,15 +1615,19 @@ static __always_inline void vfs_exit(struct vfs_call *c, __s64 ret)
 		op = VFS_OPEN;
 		if (ret == 0) {
 			inode = BPF_CORE_READ(file, f_inode);
-			if (!inode)
+			if (!inode) {
+				vfs_span_abandon(&s);
 				return;
+			}
 			dentry = BPF_CORE_READ(file, f_path.dentry);
 		} else {
 			dentry = 0; /* the error belongs to the mount, not to the directory */
 		}
 	}
-	if (!inode)
+	if (!inode) {
+		vfs_span_abandon(&s);
 		return;
+	}
 
 	if (op == VFS_LOOKUP) {
 		if (ret < 0 && ret >= -MAX_ERRNO)
@@ -1265,7 +1680,7 @@ static __always_inline void vfs_exit(struct vfs_call *c, __s64 ret)
 		file_account(op, dev, fileid, dentry, lat, bytes, status != 0);
 	}
 	if (have)
-		emit_vfs_event(op, dev, fileid, lat, bytes, status);
+		emit_vfs_event(op, dev, fileid, lat, bytes, status, &s, now);
 }
 
 /* ---- btf tier: fentry/fexit. Argument lists as in 5.12+ (idmap first). ---- */

@@ -243,6 +243,12 @@ enum bpfnfs_counter {
 	CNT_PGIO_UNMATCHED,           /* READ/WRITE completion without its initiate (no latency) */
 	CNT_VFS_UNTIMED,              /* syscall-side exit without its entry: counted, latency unknown */
 	CNT_RPC_EXEC_ESTIMATED,       /* kprobe method: RPC execute time from µs (tp_btf helper skipped) */
+	/* Span trees (CFG_F_TREES): why a span did not reach user space. */
+	CNT_SPAN_UNSAMPLED,           /* a root neither slow, nor failed, nor sampled */
+	CNT_SPAN_PARENT_DROPPED,      /* a child of such a root */
+	CNT_SPAN_TREE_FULL,           /* a child beyond BPFNFS_TREE_CHILDREN of one root */
+	CNT_SPAN_PENDING_FULL,        /* no room to hold a child until its root ends */
+	CNT_SPAN_TREE_LOST,           /* its root's state was evicted (trees map full) */
 	CNT_MAX,
 };
 
@@ -259,10 +265,23 @@ enum rec_kind {
 	REC_OP = 1,                   /* struct op_event */
 	REC_PATH = 2,                 /* struct path_event */
 };
-#define REC_OP_VERSION 1
+#define REC_OP_VERSION 2
 #define REC_PATH_VERSION 1
 
-/* One per-operation record (slow ops now; traces later). */
+/* One per-operation record: a slow op (bpfnfs trace), or one span of a kept tree.
+ *
+ * Span trees (CFG_F_TREES). A syscall-side op is a span; ops nested in it (an
+ * atomic open's lookup) and the RPCs its thread starts (synchronous calls,
+ * readahead and O_DIRECT READs, the WRITEs and COMMIT of fsync and close) are its
+ * children: sunrpc:rpc_task_begin fires in the starting thread (rpc_execute), so
+ * the thread's innermost op in flight is the parent. RPCs no op started
+ * (writeback by the flusher, the v4 lease renewal) are roots of their own.
+ * The tail decision is made here when a root ends: kept if it was slow, failed,
+ * or sampled. Children wait in a map until then, and leave the kernel only with
+ * a kept root (or, if they end after it, on their own once it is decided).
+ * A COMMIT that writeback's completion starts in nfsiod while an fsync or a
+ * close waits on that file is that op's child (nfs:nfs_initiate_commit names
+ * the file in the starting thread, just before its rpc_task_begin). */
 enum op_kind {
 	OP_RPC = 1,
 	OP_VFS = 2,                   /* vers holds the enum vfs_op, dev/fileid the file */
@@ -277,6 +296,9 @@ struct op_event {
 	__u64 cgroup_id;
 	__u64 fileid;
 	__u64 bytes;
+	__u64 span_id;                /* random, never 0 (tree mode; else 0) */
+	__u64 parent_id;              /* the parent's span_id; 0 for a root */
+	__u64 trace_id;               /* the root's span_id: user space widens it to 128 bits */
 	__u32 pid;                    /* tgid; tk_owner for RPCs on the BTF tier */
 	__u32 tid;
 	__u32 dev;                    /* kernel dev_t: major << 20 | minor */
@@ -286,9 +308,16 @@ struct op_event {
 	__s32 status;
 	__u16 kind;                   /* enum op_kind */
 	__u16 vers;
+	__u32 keep;                   /* a kept root: KEEP_* reasons; 0 on children */
+	__u32 _pad;
 	char comm[BPFNFS_COMM_LEN];
 	char proc[BPFNFS_PROC_LEN];
 };
+
+#define KEEP_SLOW 1u                  /* latency >= slow_ns */
+#define KEEP_ERROR 2u                 /* status < 0 */
+#define KEEP_SAMPLED 4u               /* chosen by the sample ratio */
+#define BPFNFS_TREE_CHILDREN 64       /* children held per root; more are counted and dropped */
 
 /* Path of a file the first time it is seen, so user space can name the
  * (dev, fileid) keys: components leaf first, each NUL-terminated, up to the
@@ -329,6 +358,8 @@ struct tp_offsets {
 	__u16 x4_client_id, x4_op, x4_error;
 	/* nfs:nfs_initiate_write (both tiers) */
 	__u16 iw_dev, iw_fileid, iw_offset;
+	/* sunrpc:rpc_task_begin, nfs:nfs_initiate_commit (both tiers, span trees only) */
+	__u16 tb_task_id, tb_client_id, ic_dev, ic_fileid;
 	__u16 _pad[1];
 };
 
@@ -342,6 +373,10 @@ struct bpfnfs_config {
 	 * task), so ids are the kernfs ids of the cgroups in the hierarchy of the
 	 * controller whose subsystem id is n - 1 (the line order of /proc/cgroups). */
 	__u32 cgroup_v1;
+	/* Span trees: a root that is neither slow nor failed is kept when
+	 * bpf_get_prandom_u32() < sample (ratio * 2^32; CFG_F_SAMPLE_ALL for 1). */
+	__u32 sample;
+	__u32 _pad;
 	struct tp_offsets off;
 };
 
@@ -366,6 +401,8 @@ struct bpfnfs_live {
 #define CFG_F_RPC_KPROBE 64u      /* kprobe method: RPC per-op fields from kprobe/rpc_count_iostats_metrics */
 #define CFG_F_DIRECT_FNS 256u     /* nfs_file_direct_{read,write} are hooked: they count direct bytes */
 #define CFG_F_WRITE_COUNTED_EARLY 512u /* 5.19+: nfs_file_write counts before a failing sync */
+#define CFG_F_TREES 1024u         /* per-op records as span trees, decided at the root (see op_event) */
+#define CFG_F_SAMPLE_ALL 2048u    /* span trees: keep every root */
 #define CFG_F_ATOMIC 128u         /* preemptible kernel: per-CPU counters with atomic adds, since two
 				   * programs can interleave on one CPU */
 /* The flags of struct bpfnfs_live (changeable at run time); the others are .rodata's. */

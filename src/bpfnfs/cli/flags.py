@@ -101,6 +101,8 @@ TRACE = (
     Flag(("-m", "--min-latency"), ("trace", "min_latency"), metavar="DURATION"),
     Flag(("--json",), ("view", "format"), const="json", help="One JSON object per line."),
     Flag(("--rpc",), ("trace", "rpc"), const=True),
+    Flag(("--spans",), ("trace", "spans"), const=True),
+    Flag(("--sample-ratio",), ("trace", "sample_ratio"), metavar="RATIO"),
     Flag(("-c", "--count"), ("view", "count"), metavar="N", help="Stop after N lines."),
     Flag(("-d", "--duration"), ("trace", "duration"), metavar="SECONDS"),
 )

@@ -3,6 +3,10 @@
 The kernel decides what is slow (config slow_ns) and sends only those records
 through the ring buffer; the event path (collect/events.py) decodes them in
 batches into a queue this loop prints from every DRAIN_PERIOD.
+
+With --spans the kernel sends whole trees instead (bpf/bpfnfs.h, op_event): an
+operation that was slow, failed or sampled, with the RPCs it started, each line
+with its trace id, span id and parent span id.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from types import FrameType
 from typing import Any
 
 from bpfnfs.agent import Agent, stderr_log
-from bpfnfs.collect.events import DRAIN_PERIOD, OpRecord
+from bpfnfs.collect import records as R
+from bpfnfs.collect.events import DRAIN_PERIOD, KEEP_REASONS, OpRecord, trace_id_hex
 from bpfnfs.collect.snapshot import read_snapshot
 from bpfnfs.collect.views import build_report, path_in_mount
 from bpfnfs.config import Config
@@ -51,6 +56,12 @@ class SlowOp:
     rtt_ns: int
     xid: int
     task_id: int
+    trace_id: str | None = None  # span trees: 32 hex digits
+    span_id: str | None = None  # 16 hex digits
+    parent_span_id: str | None = None  # None for a root
+    keep: tuple[str, ...] = ()  # a kept root: why (slow, error, sampled)
+    start_ns: int = 0  # wall clock, ns since the epoch (span trees)
+    end_ns: int = 0
 
     def line(self, ident: Identity | None = None) -> str:
         t = datetime.fromtimestamp(self.wall).strftime("%H:%M:%S.%f")[:12]
@@ -59,8 +70,9 @@ class SlowOp:
         pod = ""
         if ident is not None and ident.pod_label:  # in a pod: whose, after the file
             pod = f"  [{ident.pod_label}{'/' + ident.container if ident.container else ''}]"
+        op = f"└{self.op}" if self.parent_span_id else self.op  # a child: under its parent's tree
         return (
-            f"{t:<12} {self.comm[:16]:<16} {self.pid:>7} {self.op[:12]:<12} {self.latency_ns / 1e6:>10.3f} "
+            f"{t:<12} {self.comm[:16]:<16} {self.pid:>7} {op[:12]:<12} {self.latency_ns / 1e6:>10.3f} "
             f"{nbytes:>9} {self.errno or '-':<10} {where}{pod}"
         )
 
@@ -90,6 +102,16 @@ class SlowOp:
                 xid=f"0x{self.xid:08x}",
                 task_id=self.task_id,
             )
+        if self.span_id is not None:
+            d.update(
+                trace_id=self.trace_id,
+                span_id=self.span_id,
+                parent_span_id=self.parent_span_id,
+                start_unix_nano=self.start_ns,
+                end_unix_nano=self.end_ns,
+            )
+            if self.keep:
+                d["kept"] = list(self.keep)
         return d
 
 
@@ -130,6 +152,20 @@ class Tracer:
         rep = build_report(snap, self.agent.mounts.nfs_list(), client_transports() if need else None)
         self.clid_mount = {clid: m.mount_point for m in rep.mounts for clid in m.clients[:1]}
 
+    def spans(self, ev: OpRecord, offset_ns: int) -> dict[str, Any]:
+        """SlowOp's span fields of a record from a span tree (none outside tree mode)."""
+        if not ev.span_id:
+            return {}
+        end = ev.ts_ns + offset_ns
+        return {
+            "trace_id": trace_id_hex(self.agent.events.trace_salt, ev.trace_id),
+            "span_id": f"{ev.span_id:016x}",
+            "parent_span_id": f"{ev.parent_id:016x}" if ev.parent_id else None,
+            "keep": tuple(name for bit, name in KEEP_REASONS if ev.keep & bit),
+            "start_ns": end - ev.latency_ns,
+            "end_ns": end,
+        }
+
     def decode(self, ev: OpRecord, mounts: list[NfsMount], offset_ns: int) -> SlowOp | None:
         wall = (ev.ts_ns + offset_ns) / 1e9
         if ev.kind == "vfs":
@@ -158,8 +194,9 @@ class Tracer:
                 0,
                 0,
                 0,
+                **self.spans(ev, offset_ns),
             )
-        if ev.kind == "rpc" and self.cfg.trace.rpc:
+        if ev.kind == "rpc" and (self.cfg.trace.rpc or self.cfg.trace.spans):
             mp = self.clid_mount.get(ev.clid)
             nm = next((n for n in mounts if n.mount.mount_point == mp), None)
             if not self._wanted(nm, mp):
@@ -187,6 +224,7 @@ class Tracer:
                 ev.rtt_ns,
                 ev.xid,
                 ev.task_id,
+                **self.spans(ev, offset_ns),
             )
         return None
 
@@ -205,7 +243,13 @@ def run_trace(cfg: Config, agent_factory: Callable[..., Agent] = Agent) -> int:
     try:
         agent.preflight()
         threshold = f"{cfg.trace.min_latency:g} ms" if cfg.trace.min_latency else "every operation"
-        stderr_log(f"tracing NFS operations slower than {threshold}; Ctrl-C to stop")
+        if cfg.trace.spans:
+            stderr_log(
+                f"tracing NFS operation trees whose root took {threshold} or failed, or sampled at "
+                f"{cfg.trace.sample_ratio:g}; Ctrl-C to stop"
+            )
+        else:
+            stderr_log(f"tracing NFS operations slower than {threshold}; Ctrl-C to stop")
         header_done = False
         next_refresh = 0.0
         while True:
@@ -216,7 +260,7 @@ def run_trace(cfg: Config, agent_factory: Callable[..., Agent] = Agent) -> int:
                 next_refresh = now + cfg.collection.interval
                 if agent.try_attach():
                     agent.refresh_mounts()
-                    if cfg.trace.rpc:
+                    if cfg.trace.rpc or cfg.trace.spans:
                         tracer.refresh_clients()
                     drops = _lost(agent)
                     if drops > last_drops:
@@ -267,15 +311,29 @@ def run_trace(cfg: Config, agent_factory: Callable[..., Agent] = Agent) -> int:
     return 0
 
 
+# Span trees: records of kept trees the kernel could not send (the sampler's drops are by design).
+SPAN_LOSSES = ("span_tree_full", "span_pending_full", "span_tree_lost")
+
+
 def _lost(agent: Agent) -> int:
-    """Records lost anywhere: in the kernel (ring buffer full) or in user space (queue full)."""
-    return agent.counter("ringbuf_drops") + agent.events_overflow
+    """Records lost anywhere: in the kernel (ring buffer full, a tree too big or its state
+    evicted) or in user space (queue full)."""
+    return agent.counter("ringbuf_drops") + agent.events_overflow + sum(agent.counter(n) for n in SPAN_LOSSES)
 
 
 def _lost_detail(agent: Agent) -> str:
     skipped = agent.skipped_events()
     kernel = "not available" if skipped is None else str(skipped)
+    spans = ""
+    if agent.cfg.trace.spans:
+        spans = (
+            f", trees over {R.TREE_CHILDREN} children {agent.counter('span_tree_full')}, no room to "
+            f"hold a child {agent.counter('span_pending_full')}, tree state evicted "
+            f"{agent.counter('span_tree_lost')}"
+            f"; not kept by design: roots unsampled {agent.counter('span_unsampled')}, their children "
+            f"{agent.counter('span_parent_dropped')}"
+        )
     return (
-        f"ring buffer full {agent.counter('ringbuf_drops')}, queue full {agent.events_overflow}; "
+        f"ring buffer full {agent.counter('ringbuf_drops')}, queue full {agent.events_overflow}{spans}; "
         f"operations the kernel skipped before bpfnfs saw them: {kernel}"
     )

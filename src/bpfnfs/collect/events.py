@@ -11,6 +11,7 @@ subscribes.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,6 +24,16 @@ from bpfnfs.ringbuf import RingBuffer
 
 DRAIN_PERIOD = 0.1  # seconds between ring buffer drains
 MAX_QUEUED = 65536  # op records a queue subscriber holds before it counts overflow
+
+
+# Why the kernel kept a tree (op_event.keep on its root).
+KEEP_REASONS = ((R.KEEP_SLOW, "slow"), (R.KEEP_ERROR, "error"), (R.KEEP_SAMPLED, "sampled"))
+
+
+def trace_id_hex(salt: int, root: int) -> str:
+    """The 128-bit W3C trace id of a tree: this agent's random salt, then the root's random
+    64-bit span id (the kernel's trace_id), whose randomness ends the id as W3C asks."""
+    return f"{salt:016x}{root:016x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,10 @@ class OpRecord:
     status: int  # negative errno, or 0
     vers: int  # RPC program version (VFS: the op's index)
     comm: str
+    span_id: int = 0  # span trees (else 0): random, never 0
+    parent_id: int = 0  # 0 for a root
+    trace_id: int = 0  # the root's span_id (64 bits; the exporter widens it)
+    keep: int = 0  # a kept root's reasons (R.KEEP_*)
 
     @property
     def errno(self) -> str | None:
@@ -57,18 +72,19 @@ def decode_ops(buf: bytes) -> list[OpRecord]:
     """Concatenated op_event records -> OpRecords (the one place they are decoded)."""
     out = []
     for rec in R.OP_EVENT.iter_unpack(buf):
-        # The header (kind, version, size: the sink sorted by it), then ts, latency, queue, rtt,
-        # cgroup, fileid, bytes, pid, tid, dev, clid, task_id, xid, status (OpRecord's fields in
-        # this order), then kind, vers, comm, proc.
+        # The header (kind, version, size: the sink sorted by it), ts, latency, queue, rtt, cgroup,
+        # fileid, bytes, span, parent, trace, pid, tid, dev, clid, task_id, xid, status, kind,
+        # vers, keep, pad, comm, proc.
         f = rec[3:]
-        kind, vers, comm, proc = f[14:]
+        span, parent, trace = f[7:10]
+        kind, vers, keep, _pad, comm, proc = f[17:]
         if kind == R.OP_VFS:
             k, op = "vfs", R.VFS_OPS[vers] if vers < len(R.VFS_OPS) else f"op{vers}"
         elif kind == R.OP_RPC:
             k, op = "rpc", R.cstr(proc)
         else:
             k, op = "unknown", f"kind{kind}"
-        out.append(OpRecord(k, op, *f[:14], vers, R.cstr(comm)))
+        out.append(OpRecord(k, op, *f[:7], *f[10:17], vers, R.cstr(comm), span, parent, trace, keep))
     return out
 
 
@@ -117,6 +133,7 @@ class EventPath:
     def __init__(self) -> None:
         self.ring: RingBuffer | None = None
         self.paths: dict[FileKey, tuple[str, bool]] = {}  # (path below the superblock root, truncated)
+        self.trace_salt = secrets.randbits(64)  # the high half of this agent's trace ids
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()  # the ring and paths: drain thread vs collection
         self._stop = threading.Event()
@@ -180,4 +197,13 @@ class EventPath:
                 self.ring = None
 
 
-__all__ = ["DRAIN_PERIOD", "EventPath", "OpQueue", "OpRecord", "decode_ops", "decode_paths"]
+__all__ = [
+    "DRAIN_PERIOD",
+    "KEEP_REASONS",
+    "EventPath",
+    "OpQueue",
+    "OpRecord",
+    "decode_ops",
+    "decode_paths",
+    "trace_id_hex",
+]

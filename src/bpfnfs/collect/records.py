@@ -101,6 +101,11 @@ COUNTERS = (
     "pgio_unmatched",
     "vfs_untimed",
     "rpc_exec_estimated",
+    "span_unsampled",
+    "span_parent_dropped",
+    "span_tree_full",
+    "span_pending_full",
+    "span_tree_lost",
 )
 
 # struct tp_offsets field order (40 u16; names starting with _ are padding).
@@ -144,9 +149,14 @@ TP_OFFSET_FIELDS = (
     "iw_dev",
     "iw_fileid",
     "iw_offset",
+    "tb_task_id",
+    "tb_client_id",
+    "ic_dev",
+    "ic_fileid",
 )
-TP_OFFSETS_LEN = 40
-CONFIG = struct.Struct(f"<IIQII{TP_OFFSETS_LEN}H")  # agent_tgid, flags, slow_ns, o_direct, cgroup_v1, off
+TP_OFFSETS_LEN = 44
+# agent_tgid, flags, slow_ns, o_direct, cgroup_v1, sample, pad, off
+CONFIG = struct.Struct(f"<IIQIIII{TP_OFFSETS_LEN}H")
 # struct bpfnfs_live (.data): flags, filter_tgid, filter_comm; rewritten at run time.
 LIVE = struct.Struct(f"<II{COMM_LEN}s")
 CFG_F_EVENTS = 1
@@ -159,6 +169,8 @@ CFG_F_RPC_KPROBE = 64
 CFG_F_ATOMIC = 128
 CFG_F_DIRECT_FNS = 256
 CFG_F_WRITE_COUNTED_EARLY = 512
+CFG_F_TREES = 1024
+CFG_F_SAMPLE_ALL = 2048
 # The flags of LIVE (changeable at run time); CONFIG holds the others.
 CFG_F_LIVE = CFG_F_VFS_PID | CFG_F_FILTER_PID | CFG_F_FILTER_COMM | CFG_F_FILTER_CGROUP
 
@@ -166,9 +178,14 @@ CFG_F_LIVE = CFG_F_VFS_PID | CFG_F_FILTER_PID | CFG_F_FILTER_COMM | CFG_F_FILTER
 # struct path_event. A layout change bumps its kind's version here and in bpf/bpfnfs.h.
 REC_HDR = struct.Struct("<HHI")
 REC_OP, REC_PATH = 1, 2
-REC_OP_VERSION = REC_PATH_VERSION = 1
-OP_EVENT = struct.Struct(f"<HHI7Q6IiHH{COMM_LEN}s{PROC_LEN}s")
+REC_OP_VERSION = 2
+REC_PATH_VERSION = 1
+# header, ts, latency, queue, rtt, cgroup, fileid, bytes, span, parent, trace, pid, tid, dev, clid,
+# task_id, xid, status, kind, vers, keep, pad, comm, proc
+OP_EVENT = struct.Struct(f"<HHI10Q6IiHHII{COMM_LEN}s{PROC_LEN}s")
 OP_RPC, OP_VFS = 1, 2
+KEEP_SLOW, KEEP_ERROR, KEEP_SAMPLED = 1, 2, 4
+TREE_CHILDREN = 64  # BPFNFS_TREE_CHILDREN
 PATH_EVENT = struct.Struct(f"<HHIQIIII{PATH_LEN}s")  # header, fileid, dev, flags, len, depth, path
 PATH_F_TRUNCATED = 1
 # (kind, version) -> record size: what the ring's sink keeps.
@@ -206,11 +223,17 @@ def pack_config(
     o_direct: int,
     offsets: dict[str, int],
     cgroup_v1: int = 0,
+    sample: float = 0.0,
 ) -> bytes:
-    """struct bpfnfs_config. cgroup_v1: 0 for cgroup v2 ids, else a v1 controller's subsystem id + 1."""
+    """struct bpfnfs_config. cgroup_v1: 0 for cgroup v2 ids, else a v1 controller's subsystem id + 1.
+    sample: span trees' ratio of roots kept besides the slow and failed ones (1.0 sets
+    CFG_F_SAMPLE_ALL)."""
     offs = [offsets.get(name, 0) for name in TP_OFFSET_FIELDS]
     offs += [0] * (TP_OFFSETS_LEN - len(offs))
-    return CONFIG.pack(agent_tgid, flags, slow_ns, o_direct, cgroup_v1, *offs)
+    if sample >= 1.0:
+        flags |= CFG_F_SAMPLE_ALL
+    threshold = min(max(int(sample * 2**32), 0), 2**32 - 1)
+    return CONFIG.pack(agent_tgid, flags, slow_ns, o_direct, cgroup_v1, threshold, 0, *offs)
 
 
 def pack_live(flags: int, filter_tgid: int = 0, filter_comm: str = "") -> bytes:

@@ -392,6 +392,15 @@ class Trace(Section):
     )
     rpc: bool = Field(False, description="Also slow RPCs (queue, RTT and execute times).")
     duration: Seconds | None = Field(None, gt=0, description="Stop after this long.")
+    spans: bool = Field(
+        False,
+        description="Whole operation trees: an operation with the RPCs it started (its children), with "
+        "trace and span ids. A tree is kept, in the kernel, when its root took min_latency or longer, "
+        "failed, or is sampled (sample_ratio); RPCs no operation started (writeback) are roots.",
+    )
+    sample_ratio: float = Field(
+        0.0, ge=0, le=1, description="With spans: the share of the other trees kept too (0 to 1)."
+    )
 
 
 class Dns(Section):

@@ -108,6 +108,8 @@ class Loader:
         log: Callable[[str], None],
         events: bool = False,
         btf_source: btf.BtfSource | None = None,
+        trees: bool = False,
+        sample: float = 0.0,
     ) -> None:
         self.cfg = cfg
         self.log = log
@@ -115,6 +117,10 @@ class Loader:
         self.btf_source = btf_source or btf.BtfSource()
         self._core_btf: btf.CoreBtf | None = None
         self.events = events  # per-op records on the ring (bpfnfs trace), cfg.trace.min_latency and slower
+        # ... as span trees (bpf/bpfnfs.h): roots that are slow or failed, or sampled at this ratio,
+        # with their children
+        self.trees = events and trees
+        self.sample = sample
         self.tracefs: Path | None = None
         self.objs: list[BpfObject] = []
         self.plan: tiers.TierPlan | None = None
@@ -183,6 +189,8 @@ class Loader:
     def flags(self, tier: str, programs: tuple[str, ...] = ()) -> int:
         """The .rodata flags, fixed for an instance's lifetime (live_flags() has the others)."""
         f = R.CFG_F_EVENTS if self.events else 0
+        if self.trees:
+            f |= R.CFG_F_TREES
         method = self.counting.method if self.counting else "fentry"
         if method == "kprobe" and _kernel_at_least(5, 12):
             f |= R.CFG_F_IDMAP_ARGS
@@ -273,6 +281,7 @@ class Loader:
                     system.o_direct(),
                     offsets,
                     cgroup_v1=self.cgroup_v1,
+                    sample=self.sample if self.trees else 0.0,
                 )
             )
             obj.set_initial(".data", self._pack_live())
@@ -324,6 +333,7 @@ class Loader:
             mods.loaded,
             self.counting.method,
             mods.attach_btf_missing,
+            trees=self.trees,
         )
         self.log(self.plan.describe())
         self.log(self.counting.describe())

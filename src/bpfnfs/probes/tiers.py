@@ -29,6 +29,10 @@ from bpfnfs.probes.tracefs import EventFormat, FormatError, read_format
 # The mount probe: one program on every tier and method (a probe that went unseen is
 # made again).
 COMMON_PROGRAMS: dict[str, str] = {"tp_rpc_request": "sunrpc"}
+# Span trees (the ring's records as trees, bpf/bpfnfs.h): the RPC's parent is the op in
+# flight on the thread that starts it (or, for a COMMIT nfsiod starts, the fsync or close
+# waiting on its file). Classic tracepoints on every tier and method.
+TREE_PROGRAMS: dict[str, str] = {"tp_rpc_task_begin": "sunrpc", "tp_nfs_initiate_commit": "nfs"}
 # RPC per-op fields besides the tracepoint, per (tier, method): the tracefs tier pairs
 # the classic tracepoint with a raw_tp half (and rpc_task_end for the status); with
 # module BTF the kprobe method reads them in a kprobe, and the exact execute time in
@@ -41,10 +45,10 @@ RPC_HELPERS: dict[tuple[str, str], dict[str, str]] = {
 METHODS = ("fentry", "kprobe")
 
 
-def programs_for(tier: str, method: str) -> dict[str, str]:
+def programs_for(tier: str, method: str, trees: bool = False) -> dict[str, str]:
     """Program -> the module whose arrival it waits for, in attach order."""
     counting = fentry_programs() if method == "fentry" else kprobe_programs()
-    return RPC_HELPERS[(tier, method)] | counting | COMMON_PROGRAMS
+    return RPC_HELPERS[(tier, method)] | counting | COMMON_PROGRAMS | (TREE_PROGRAMS if trees else {})
 
 
 TIERS = ("btf", "tracefs")
@@ -95,6 +99,12 @@ TRACEFS_FIELDS += (
     ("xs_version", "nfs", "nfs_xdr_status", ("version",), _SCALAR),
     ("xs_error", "nfs", "nfs_xdr_status", ("error",), _LONG),
     ("xs_procedure", "nfs", "nfs_xdr_status", ("procedure",), _LOC),
+)
+TREE_FIELDS: tuple[tuple[str, str, str, tuple[str, ...], int], ...] = (
+    ("tb_task_id", "sunrpc", "rpc_task_begin", ("task_id",), _SCALAR),
+    ("tb_client_id", "sunrpc", "rpc_task_begin", ("client_id",), _SCALAR),
+    ("ic_dev", "nfs", "nfs_initiate_commit", ("dev",), _SCALAR),
+    ("ic_fileid", "nfs", "nfs_initiate_commit", ("fileid",), _LONG),
 )
 # Only once the nfsv4 module is loaded (its tracepoints come with it), tier tracefs.
 NFSV4_FIELDS: tuple[tuple[str, str, str, tuple[str, ...], int], ...] = (
@@ -172,6 +182,7 @@ def plan(
     loaded: frozenset[str] = frozenset({"sunrpc", "nfs", "nfsv4"}),
     method: str = "fentry",
     attach_btf_missing: str | None = None,
+    trees: bool = False,
 ) -> TierPlan:
     """Choose the tier (requested: auto|btf|tracefs) and compute tracefs offsets.
 
@@ -179,9 +190,10 @@ def plan(
     deferred until their module appears (nfsv4 is often loaded by the first
     v4 mount, after the agent started). method: the counting method (fentry:
     tp_btf and fentry/fexit; kprobe: classic tracepoints and kprobes), which
-    the tracefs tier always uses. attach_btf_missing: as for tier_for."""
+    the tracefs tier always uses. attach_btf_missing: as for tier_for. trees: span trees
+    (the rpc_task_begin program and its offsets)."""
     tier = tier_for(requested, have_module_btf, attach_btf_missing)
-    offsets = _offsets(COMMON_FIELDS, tracefs)
+    offsets = _offsets(COMMON_FIELDS + (TREE_FIELDS if trees else ()), tracefs)
     if tier == "btf":
         reason = (
             "module BTF for sunrpc and nfs is present, so the programs read the kernel's own structures"
@@ -206,7 +218,7 @@ def plan(
         offsets |= _offsets(TRACEFS_FIELDS, tracefs)
         if "nfsv4" in loaded:
             offsets |= _offsets(NFSV4_FIELDS, tracefs)
-    progs = programs_for(tier, method)
+    progs = programs_for(tier, method, trees)
     now = tuple(p for p, mod in progs.items() if mod in loaded)
     deferred: dict[str, tuple[str, ...]] = {}
     for p, mod in progs.items():

@@ -39,6 +39,7 @@ MOUNTS = {"/mnt/span3": "vers=3,nolock", "/mnt/span4": "vers=4.2"}
 SOURCES = {"/mnt/span3": "127.0.0.1:/srv/nfs", "/mnt/span4": "127.0.0.1:/"}
 RSIZE = 131072
 MIB = 1 << 20
+READS = ("READ", "READ_PLUS")  # NFSv4.2 reads with READ_PLUS from 6.x
 
 
 def log(msg: str) -> None:
@@ -167,7 +168,7 @@ def check(c: Checks, out: Path) -> None:
         kids = [k for s in direct for k in children[s["span_id"]]]
         c.add(
             f"{mp}: a 1 MiB O_DIRECT read is one read span with exactly {MIB // RSIZE} READ children",
-            len(direct) == 1 and len(kids) == MIB // RSIZE and all(k["op"] == "READ" for k in kids),
+            len(direct) == 1 and len(kids) == MIB // RSIZE and all(k["op"] in READS for k in kids),
             {"reads": len(direct), "children": [k["op"] for k in kids]},
         )
         c.add(
@@ -178,7 +179,7 @@ def check(c: Checks, out: Path) -> None:
         )
         # Buffered read after drop_caches: the READs hang under the reader's read spans.
         buf = reads_of(pids[(mp, "buffered")])
-        ra = [k for s in buf for k in children[s["span_id"]] if k["op"] == "READ"]
+        ra = [k for s in buf for k in children[s["span_id"]] if k["op"] in READS]
         c.add(
             f"{mp}: a buffered read's READs (readahead) are children of the reader's reads",
             bool(ra),
@@ -214,7 +215,7 @@ def check(c: Checks, out: Path) -> None:
     sync_bad = []
     for s in spans:
         p = by_id.get(s["parent_span_id"] or "")
-        if p is None or (p["op"] == "read" and s["op"] == "READ"):
+        if p is None or (p["op"] == "read" and s["op"] in READS):
             continue
         if not inside(s, p):
             sync_bad.append((s["op"], p["op"]))
@@ -222,7 +223,7 @@ def check(c: Checks, out: Path) -> None:
     late = [
         s
         for s in spans
-        if s["op"] == "READ" and s["parent_span_id"] in by_id and not inside(s, by_id[s["parent_span_id"]])
+        if s["op"] in READS and s["parent_span_id"] in by_id and not inside(s, by_id[s["parent_span_id"]])
     ]
     figures["readahead READs ending after their read"] = len(late)
     c.add(

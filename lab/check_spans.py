@@ -17,15 +17,20 @@ Then over the whole window: the RPC spans per mount and procedure equal the
 /proc/self/mountstats deltas (exact), every parent id is a span of the same trace,
 every child of a synchronous parent (read, fsync) lies inside it, and nothing was
 lost (ring buffer, span counters).
+
+Then `bpfnfs run` with output.type otlp sends the same trees to the stand-in OTLP
+receiver (lab/otlp.py) over gRPC, with a configured header; /metrics counts them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ from bpfnfs.enrich.mountstats import parse_mountstats
 from lab.check import drop_caches, sh
 from lab.check_cli import Checks
 from lab.check_views import BPFNFS, LEASE_OPS, start, stop
+from lab.otlp import Receiver
 
 MOUNTS = {"/mnt/span3": "vers=3,nolock", "/mnt/span4": "vers=4.2"}
 SOURCES = {"/mnt/span3": "127.0.0.1:/srv/nfs", "/mnt/span4": "127.0.0.1:/"}
@@ -129,6 +135,7 @@ def check(c: Checks, out: Path) -> None:
         time.sleep(1)  # the drain of the last records
         rc = stop(tr)
         c.add("trace --spans exits cleanly", rc == 0, rc)
+        check_otlp(c, out, files)
     finally:
         umount_all()
 
@@ -234,6 +241,87 @@ def check(c: Checks, out: Path) -> None:
     figures["spans"] = len(spans)
     (out / "spans-figures.json").write_text(json.dumps(figures, indent=1))
     log(f"figures: {figures}")
+
+
+def check_otlp(c: Checks, out: Path, files: dict[str, Path]) -> None:
+    """`bpfnfs run` with output.type otlp sends the same trees to the stand-in receiver (lab/otlp.py:
+    OTLP over gRPC as a collector speaks it; no collector with an OTLP receiver is installable)."""
+    rx = Receiver()
+    try:
+        conf = out / "otlp.yaml"
+        conf.write_text(
+            "output:\n  type: otlp\n  otlp:\n"
+            f"    endpoint: {rx.grpc_endpoint}\n    headers:\n      x-lab: spans\n"
+            "trace:\n  min_latency: 10s\n  sample_ratio: 1\n"
+        )
+        port = 9765
+        p = start(
+            [*BPFNFS, "run", "--config", str(conf), "--quiet", "--listen", f"127.0.0.1:{port}", "-i", "2"],
+            out,
+            "otlp-run",
+        )
+        err = out / "otlp-run.stderr"
+        end = time.monotonic() + 600
+        while time.monotonic() < end and "attached" not in err.read_text(errors="replace"):
+            if p.poll() is not None:
+                break
+            time.sleep(0.5)
+        text = err.read_text(errors="replace")
+        c.add(
+            "run with output.type otlp attaches and says where spans go",
+            "sending spans over OTLP" in text,
+            text,
+        )
+        time.sleep(3)
+        d = files["/mnt/span3"]
+        pid = run(["dd", f"if={d}/direct", "of=/dev/null", "bs=1M", "count=1", "iflag=direct", "status=none"])
+        time.sleep(5)  # the drain, the processor's 1 s schedule, an interval for /metrics
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+        rc = stop(p)
+        c.add("run exits cleanly after flushing its spans", rc == 0, rc)
+    finally:
+        rx.close()
+    spans = rx.spans()
+    ids = {s.span_id: s for s in spans}
+
+    def attrs(s: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for a in s.attributes:
+            v = a.value
+            out[a.key] = v.string_value if v.HasField("string_value") else v.int_value
+        return out
+
+    reads = [s for s in spans if s.name == "read" and attrs(s).get("process.pid") == pid]
+    kids = [s for s in spans if reads and s.parent_span_id == reads[0].span_id]
+    c.add(
+        "OTLP: the O_DIRECT read arrived as one read span with 8 READ children, same trace",
+        len(reads) == 1
+        and len(kids) == MIB // RSIZE
+        and all(k.name in READS and k.trace_id == reads[0].trace_id for k in kids),
+        {"reads": len(reads), "children": [k.name for k in kids], "spans": len(spans)},
+    )
+    a = attrs(kids[0]) if kids else {}
+    c.add(
+        "OTLP: RPC spans carry onc_rpc attributes and the server",
+        a.get("rpc.system.name") == "onc_rpc"
+        and a.get("onc_rpc.procedure.name") in READS
+        and a.get("server.address") == "127.0.0.1"
+        and a.get("bpfnfs.mount") == "/mnt/span3",
+        a,
+    )
+    c.add(
+        "OTLP: every parent id is a span it sent",
+        all(not s.parent_span_id or s.parent_span_id in ids for s in spans),
+    )
+    got = rx.of("traces")
+    c.add("OTLP: the configured header arrived", bool(got) and got[0].headers.get("x-lab") == "spans")
+    exported = re.search(r"^bpfnfs_spans_exported_total (\S+)", metrics, re.M)
+    failed = re.search(r'^bpfnfs_spans_dropped_total\{reason="export_failed"\} (\S+)', metrics, re.M)
+    c.add(
+        "/metrics counts the spans exported, none failed",
+        bool(exported and float(exported.group(1)) > 0 and failed and float(failed.group(1)) == 0),
+        [ln for ln in metrics.splitlines() if ln.startswith("bpfnfs_spans")],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

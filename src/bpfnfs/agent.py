@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bpfnfs.collect import records as R
 from bpfnfs.collect.events import EventPath, OpQueue
@@ -36,7 +37,16 @@ def stderr_log(msg: str) -> None:
 
 
 class Agent:
-    def __init__(self, cfg: Config, log: Callable[[str], None] = stderr_log, events: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        log: Callable[[str], None] = stderr_log,
+        events: bool = False,
+        trees: bool | None = None,
+        queue: bool = True,
+    ) -> None:
+        """events: op records on the ring; trees: as span trees (default: trace.spans); queue: kept
+        for a reader (bpfnfs trace), else only for the subscribers (the OTLP span sink)."""
         self.cfg = cfg
         self.log = log
         self.tracefs: Path | None = None
@@ -46,7 +56,7 @@ class Agent:
             log,
             events,
             btf_source=btf_source,
-            trees=events and cfg.trace.spans,
+            trees=events and (cfg.trace.spans if trees is None else trees),
             sample=cfg.trace.sample_ratio,
         )
         self.view = host_view(cfg.collection.proc)  # the node's mounts, also from a container
@@ -56,7 +66,8 @@ class Agent:
         # The ring buffer's records: file paths, and op records for subscribers (bpfnfs trace's queue).
         self.events = EventPath()
         self.op_queue: OpQueue | None = None
-        if events:
+        self.span_sink: Any = None  # export.otlp.SpanSink when spans go over OTLP (its counters)
+        if events and queue:
             self.op_queue = OpQueue()
             self.events.subscribe(self.op_queue)
         # The tree whose cgroup ids the kernel records: v2, or one v1 controller's hierarchy.
@@ -288,6 +299,10 @@ class Agent:
             specs = {lk.kprobe_event[1] for o in self.objs for lk in o.links if lk.kprobe_event}
             snap.counters["kretprobe_missed"] = kprobe_misses(self.tracefs, specs)
         snap.counters["events_overflow"] = self.events_overflow
+        if self.span_sink is not None:
+            snap.counters["spans_exported"] = self.span_sink.exported
+            for reason, n in self.span_sink.dropped.items():
+                snap.counters[f"spans_{reason}"] = n
         paths = self.events.paths_for(snap.files)
         # Without parent pointers from the kernel (tier tracefs), debugfs gives the transports.
         need_xprts = any(not c.parent_known for c in snap.clients.values())

@@ -19,6 +19,7 @@ from bpfnfs.agent import Agent, stderr_log
 from bpfnfs.cli.flags import parse_args
 from bpfnfs.cli.runtime import StackServer, set_debug, warn_unbuilt
 from bpfnfs.cli.table import format_errors, format_files, format_identities, format_mount, format_vfs_ops
+from bpfnfs.cli.trace import Tracer
 from bpfnfs.collect.losses import loss_notes, losses_dict
 from bpfnfs.collect.snapshot import LayoutError
 from bpfnfs.collect.views import (
@@ -34,6 +35,8 @@ from bpfnfs.collect.views import (
 from bpfnfs.config import RESTART_KEYS, Config, ConfigError, Layers, changed, with_restart_keys_kept
 from bpfnfs.export.exporter import Exporter
 from bpfnfs.export.http import ExportError
+from bpfnfs.export.otlp import OtlpSettingsError, SpanSink
+from bpfnfs.export.otlp import resolve as resolve_otlp
 from bpfnfs.loader.libbpf import LibbpfError
 from bpfnfs.loader.object import LoadError
 from bpfnfs.probes.system import RequirementError
@@ -228,7 +231,15 @@ def run(cfg: Config, layers: Layers | None = None) -> int:
     """`bpfnfs run` and `bpfnfs stat`: a report per interval, and the exporter with --listen."""
     apply_settings(cfg)
     warn_unbuilt(cfg)
-    agent = Agent(cfg)
+    spans: SpanSink | None = None
+    try:
+        otlp_settings = resolve_otlp(cfg) if cfg.otlp_spans else None
+    except OtlpSettingsError as e:
+        stderr_log(f"error: {e}")
+        return EXIT_USAGE
+    # Spans over OTLP: the kernel's span trees on the ring, for the sink only (no reader's queue).
+    agent = Agent(cfg, events=otlp_settings is not None, trees=True, queue=False)
+    tracer: Tracer | None = None
     exporter: Exporter | None = None
     reloader = Reloader(layers if layers is not None else Layers(env={}))
     output: _Output | None = None
@@ -246,6 +257,23 @@ def run(cfg: Config, layers: Layers | None = None) -> int:
         if cfg.pprof.enable:
             stacks = StackServer(cfg.pprof.listen)
         agent.preflight()
+        if otlp_settings is not None:
+            tracer = Tracer(agent, cfg, rpcs=True)
+            spans = SpanSink(
+                otlp_settings,
+                describe=tracer.describe,
+                identity=agent.identity.of,
+                server=tracer.server_of,
+                node_name=cfg.kubernetes.node_name,
+                log=stderr_log,
+            )
+            agent.span_sink = spans
+            agent.events.subscribe(spans)
+            stderr_log(
+                f"sending spans over OTLP ({otlp_settings.protocol}) to {otlp_settings.target}: trees whose "
+                f"root took {cfg.trace.min_latency:g} ms or failed, and {cfg.trace.sample_ratio:g} of the "
+                "others (metrics: /metrics with --listen; over OTLP not yet)"
+            )
         if exporter is not None:
             exporter.start()
             stderr_log(f"serving /metrics, /healthz and /readyz on {cfg.metrics.listen}")
@@ -256,6 +284,8 @@ def run(cfg: Config, layers: Layers | None = None) -> int:
         def collect() -> Report | None:
             t0 = time.monotonic()
             rep = agent.collect()
+            if tracer is not None and agent.obj is not None:
+                tracer.refresh_clients()  # RPC spans' mounts
             if exporter is not None:
                 seconds = (
                     rep.snapshot.taken - prev.snapshot.taken if rep and prev else cfg.collection.interval
@@ -305,6 +335,8 @@ def run(cfg: Config, layers: Layers | None = None) -> int:
         if output is not None:
             output.close()
         agent.close()
+        if spans is not None:
+            spans.close()  # what is queued, within the exporter timeout
     return 0
 
 

@@ -13,16 +13,17 @@ from bpfnfs.config import Config, ConfigError, listen_address
 
 # key path -> (is it set, what is not built yet); one warning line each, never silent.
 _UNBUILT = (
-    ("features.nfs_tracer", lambda c: c.features.nfs_tracer, "OpenTelemetry spans are not built yet"),
-    ("output.otel.enable", lambda c: c.output.otel.enable, "OpenTelemetry spans are not built yet"),
-    ("output.type", lambda c: c.output.type == "otlp", "OTLP output is not built yet; reports go to stdout"),
     ("output.type", lambda c: c.output.type == "kafka", "Kafka output is not built; reports go to stdout"),
     (
         "output.file.path",
         lambda c: c.output.type == "file" and not c.output.file.path,
         "output.type file needs a path; reports go to stdout",
     ),
-    ("output.otlp", lambda c: bool(c.output.otlp.endpoint), "OTLP output is not built yet"),
+    (
+        "output.otlp",
+        lambda c: bool(c.output.otlp.endpoint) and not c.otlp_spans,
+        "OTLP output needs output.type otlp",
+    ),
     (
         "output.kafka",
         lambda c: bool(c.output.kafka.brokers or c.output.kafka.topic),

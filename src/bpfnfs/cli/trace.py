@@ -62,6 +62,7 @@ class SlowOp:
     keep: tuple[str, ...] = ()  # a kept root: why (slow, error, sampled)
     start_ns: int = 0  # wall clock, ns since the epoch (span trees)
     end_ns: int = 0
+    rpc_version: int = 0  # RPCs: the NFS version (onc_rpc.version)
 
     def line(self, ident: Identity | None = None) -> str:
         t = datetime.fromtimestamp(self.wall).strftime("%H:%M:%S.%f")[:12]
@@ -120,9 +121,13 @@ class _Terminate(Exception):
 
 
 class Tracer:
-    def __init__(self, agent: Agent, cfg: Config) -> None:
+    """Op records -> SlowOp views (mount, file, span ids), for trace's lines and the OTLP spans.
+    rpcs: describe RPC records too (default: --rpc or --spans)."""
+
+    def __init__(self, agent: Agent, cfg: Config, rpcs: bool | None = None) -> None:
         self.agent = agent
         self.cfg = cfg
+        self.rpcs = cfg.trace.rpc or cfg.trace.spans if rpcs is None else rpcs
         self.clid_mount: dict[int, str] = {}
         self.printed = 0
         self.skipped = 0
@@ -166,6 +171,18 @@ class Tracer:
             "end_ns": end,
         }
 
+    def describe(self, ev: OpRecord) -> SlowOp | None:
+        """decode() with the mounts and the clock offset of now (the OTLP span sink's view)."""
+        return self.decode(ev, self.agent.mounts.nfs_list(), time.time_ns() - time.monotonic_ns())
+
+    def server_of(self, mount_point: str | None) -> tuple[str | None, int | None]:
+        """A mount's server address and port (server.address, server.port)."""
+        for nm in self.agent.mounts.nfs_list():
+            if nm.mount.mount_point == mount_point:
+                port = nm.mount.super_options.get("port", "")
+                return nm.mount.server, int(port) if port.isdigit() and port != "0" else 2049
+        return None, None
+
     def decode(self, ev: OpRecord, mounts: list[NfsMount], offset_ns: int) -> SlowOp | None:
         wall = (ev.ts_ns + offset_ns) / 1e9
         if ev.kind == "vfs":
@@ -196,7 +213,7 @@ class Tracer:
                 0,
                 **self.spans(ev, offset_ns),
             )
-        if ev.kind == "rpc" and (self.cfg.trace.rpc or self.cfg.trace.spans):
+        if ev.kind == "rpc" and self.rpcs:
             mp = self.clid_mount.get(ev.clid)
             nm = next((n for n in mounts if n.mount.mount_point == mp), None)
             if not self._wanted(nm, mp):
@@ -225,6 +242,7 @@ class Tracer:
                 ev.xid,
                 ev.task_id,
                 **self.spans(ev, offset_ns),
+                rpc_version=ev.vers,
             )
         return None
 

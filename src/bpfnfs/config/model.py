@@ -204,7 +204,10 @@ class Features(Section):
     nfs_metrics: bool = Field(
         True, description="The NFS metric families on /metrics (off: only bpfnfs's own health metrics)."
     )
-    nfs_tracer: bool = Field(False, description="Spans over OpenTelemetry. Validated; not built yet.")
+    nfs_tracer: bool = Field(
+        False,
+        description="Spans over OTLP (as output.type otlp): one tree per NFS operation (docs/traces.md).",
+    )
     dns: bool = Field(
         False,
         description="Resolve NFS server addresses to names and names to addresses for the mount's labels "
@@ -228,15 +231,39 @@ class OutputKafka(Section):
 
 
 class OutputOtel(Section):
-    enable: bool = Field(False, description="Export spans (the original's key). Validated; not built yet.")
-    endpoint: str = Field("", description="OTLP gRPC HOST:PORT, e.g. localhost:4317.")
+    enable: bool = Field(False, description="Spans over OTLP (the original's key; as output.type otlp).")
+    endpoint: str = Field(
+        "", description="OTLP gRPC HOST:PORT, e.g. localhost:4317 (output.otlp.endpoint wins)."
+    )
 
 
 class OutputOtlp(Section):
-    endpoint: str = Field("", description="OTLP endpoint (gRPC HOST:PORT or an http(s) URL).")
-    insecure: bool = Field(False, description="Plain text instead of TLS.")
+    endpoint: str = Field(
+        "",
+        description="OTLP endpoint: gRPC HOST:PORT or http(s)://HOST:PORT; http/protobuf: a URL (/v1/traces "
+        "is added to a bare one). Empty: OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, else the SDK's default.",
+    )
+    protocol: Literal["", "grpc", "http/protobuf"] = Field(
+        "", description="grpc or http/protobuf. Empty: OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else grpc."
+    )
+    insecure: bool = Field(False, description="Plain text instead of TLS (gRPC).")
     timeout: Seconds = Field(10.0, gt=0, le=600, description="Export timeout (seconds, or 10s / 500ms).")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers (e.g. authorization).")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra headers (e.g. authorization). Empty: OTEL_EXPORTER_OTLP_(TRACES_)HEADERS.",
+    )
+    compression: Literal["", "gzip", "none"] = Field(
+        "", description="gzip or none. Empty: OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION, else none."
+    )
+    ca_file: Path | None = Field(None, description="CA certificate(s) to verify the collector's (PEM).")
+    client_certificate: Path | None = Field(None, description="Client certificate for mutual TLS (PEM).")
+    client_key: Path | None = Field(None, description="Its private key (PEM).")
+    max_spans_per_second: float = Field(
+        1000.0,
+        ge=0,
+        description="Rate limit, per trace (a tree is sent whole or not at all); 0: none. Dropped spans are "
+        "counted by reason.",
+    )
 
 
 class Output(Section):
@@ -388,7 +415,8 @@ class Trace(Section):
         10.0,
         ge=0,
         le=3_600_000,
-        description="Operations at least this slow (ms, or 10ms, 1.5s, 500us); 0: all.",
+        description="Operations at least this slow (ms, or 10ms, 1.5s, 500us); 0: all. With spans (and OTLP "
+        "spans): the root's threshold.",
     )
     rpc: bool = Field(False, description="Also slow RPCs (queue, RTT and execute times).")
     duration: Seconds | None = Field(None, gt=0, description="Stop after this long.")
@@ -399,7 +427,10 @@ class Trace(Section):
         "failed, or is sampled (sample_ratio); RPCs no operation started (writeback) are roots.",
     )
     sample_ratio: float = Field(
-        0.0, ge=0, le=1, description="With spans: the share of the other trees kept too (0 to 1)."
+        0.0,
+        ge=0,
+        le=1,
+        description="With spans (and OTLP spans): the share of the other trees kept too (0 to 1).",
     )
 
 
@@ -495,6 +526,11 @@ class Config(Section):
         if self.view.quiet and self.metrics.listen is None:
             raise ValueError("view.quiet needs metrics.listen (otherwise bpfnfs would show nothing)")
         return self
+
+    @property
+    def otlp_spans(self) -> bool:
+        """Spans over OTLP: output.type otlp, or the original's features.nfs_tracer / output.otel.enable."""
+        return self.output.type == "otlp" or self.features.nfs_tracer or self.output.otel.enable
 
     def replace(self, **sections: dict[str, Any]) -> Config:
         """A copy with some keys changed, validated: replace(filter={"pid": 1})."""

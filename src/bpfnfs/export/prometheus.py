@@ -40,6 +40,18 @@ UNATTRIBUTED = "_unattributed"  # wire I/O with no known issuer (e.g. writeback 
 FILE_SCORE_HALF_LIFE_S = 30.0
 
 # (self-accounting counter, map it is about) for bpfnfs_map_full_total.
+# bpfnfs_spans_dropped_total's reasons -> counters (the kernel's span_*, the sink's spans_*).
+SPAN_DROPS = (
+    ("unsampled", "span_unsampled"),
+    ("parent_dropped", "span_parent_dropped"),
+    ("tree_full", "span_tree_full"),
+    ("pending_full", "span_pending_full"),
+    ("tree_lost", "span_tree_lost"),
+    ("ringbuf_full", "ringbuf_drops"),
+    ("rate_limited", "spans_rate_limited"),
+    ("queue_full", "spans_queue_full"),
+    ("export_failed", "spans_export_failed"),
+)
 MAP_FULL = (
     ("rpc_map_full", "rpc_stats"),
     ("io_map_full", "io_stats"),
@@ -548,6 +560,18 @@ class BpfnfsCollector(Collector):
         )
         lost.add_metric(["ringbuf_full"], c.get("ringbuf_drops", 0))
         lost.add_metric(["queue_full"], c.get("events_overflow", 0))
+        if "spans_exported" in c:  # spans over OTLP
+            fams.counter("bpfnfs_spans_exported_total", "Spans the OTLP collector accepted.", []).add_metric(
+                [], c["spans_exported"]
+            )
+            sd = fams.counter(
+                "bpfnfs_spans_dropped_total",
+                "Spans not sent, by reason: unsampled and parent_dropped by design (a tree neither slow, "
+                "failed nor sampled), the others lost.",
+                ["reason"],
+            )
+            for reason, key in SPAN_DROPS:
+                sd.add_metric([reason], c.get(key, 0))
         fams.counter(
             "bpfnfs_map_evictions_total", "Entries an LRU map evicted (their counts restart).", ["map"]
         ).add_metric(["files"], c.get("file_evictions", 0))

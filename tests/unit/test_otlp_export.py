@@ -261,3 +261,41 @@ def test_a_bad_otlp_setting_stops_run_with_one_line(
     assert main(["run", "--count", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "output.otlp.endpoint: 'collector' is not HOST:PORT" in err[0], err
+
+
+def test_a_slow_or_absent_collector_costs_bounded_memory_and_a_bounded_shutdown(rx: Receiver) -> None:
+    """Responses 5 s late against a 1 s timeout, then no collector at all: spans are dropped and
+    counted (export_failed, queue_full), the sink never holds more than its queue, and close()
+    returns within the exporter timeout."""
+    import gc
+    import tracemalloc
+
+    rx.delay = 5.0
+    sink = _sink(
+        Config(output={"otlp": {"endpoint": rx.grpc_endpoint, "timeout": 1, "max_spans_per_second": 0}})
+    )
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    tree = _tree()
+    for t in range(5_000):  # 45,000 spans, over five times the queue
+        for v in tree:
+            v.trace_id = f"{t + 1:032x}"
+        sink(tree)
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert sink.in_flight <= otlp.MAX_QUEUE and sink.dropped["queue_full"] > 45_000 - 2 * otlp.MAX_QUEUE
+    t0 = time.monotonic()
+    sink.close()
+    assert time.monotonic() - t0 < 1 + 1.5  # the exporter timeout, plus the join's slack
+    # Every span is accounted for: none exported, each dropped for one reason.
+    assert sink.exported == 0 and sum(sink.dropped.values()) == 45_000, sink.dropped
+    # What is held is the queue's spans (about 2 kB each), not the 45,000.
+    print(f"held {held / 1e6:.1f} MB for {sink.in_flight + sink.dropped['shutdown']} queued spans")
+    assert held < otlp.MAX_QUEUE * 4096, held
+    gc.collect()
+
+    down = _sink(Config(output={"otlp": {"endpoint": "127.0.0.1:9", "timeout": 1}}))  # discard port: closed
+    down(_tree())
+    down.flush(3)
+    down.close()
+    assert down.dropped["export_failed"] == 9

@@ -10,6 +10,7 @@ reason (`dropped`), never lost silently:
                  trees stay whole)
   queue_full     the processor's queue is full (the collector is slow or down)
   export_failed  the exporter gave up on a batch (refused, unreachable, garbage, TLS)
+  shutdown       still queued when bpfnfs stopped and the exporter timeout ran out
 
 Settings come from output.otlp (and the original's output.otel), then the
 standard OTEL_EXPORTER_OTLP_* variables, which the SDK's exporters read for what
@@ -363,7 +364,7 @@ class SpanSink:
         self.resource = resource(node_name)
         self.scope = InstrumentationScope(SCOPE, __version__)
         self.exported = 0
-        self.dropped: dict[str, int] = {"rate_limited": 0, "queue_full": 0, "export_failed": 0}
+        self.dropped: dict[str, int] = {"rate_limited": 0, "queue_full": 0, "export_failed": 0, "shutdown": 0}
         self._lock = threading.Lock()
         self._in_flight = 0
         self._decided: OrderedDict[str, bool] = OrderedDict()
@@ -432,6 +433,11 @@ class SpanSink:
             ident = self.identity(getattr(rec, "cgroup_id", 0))
             self.processor.on_end(to_span(v, ident, self.resource, self.scope, self.server(v.mount)))
 
+    @property
+    def in_flight(self) -> int:
+        """Spans handed to the processor, neither exported nor failed yet."""
+        return self._in_flight
+
     def flush(self, timeout: float | None = None) -> bool:
         return bool(self.processor.force_flush(int((timeout or self.settings.timeout) * 1000)))
 
@@ -441,6 +447,9 @@ class SpanSink:
         t = threading.Thread(target=self.processor.shutdown, name="bpfnfs-otlp-close", daemon=True)
         t.start()
         t.join(self.settings.timeout + 1)
+        with self._lock:  # still queued or in an export that did not finish: not sent
+            self.dropped["shutdown"] += self._in_flight
+            self._in_flight = 0
 
 
 __all__ = [

@@ -51,6 +51,7 @@ SPAN_DROPS = (
     ("rate_limited", "spans_rate_limited"),
     ("queue_full", "spans_queue_full"),
     ("export_failed", "spans_export_failed"),
+    ("shutdown", "spans_shutdown"),
 )
 MAP_FULL = (
     ("rpc_map_full", "rpc_stats"),

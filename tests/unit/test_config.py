@@ -353,7 +353,7 @@ def test_restart_keys_exist() -> None:
         section, *rest = key.split(".")
         assert section in flat and rest, key
         assert _get(Config(), key) is not None or key.endswith(
-            ("kernel", "listen", "path", "name", "kubeconfig")
+            ("kernel", "listen", "path", "name", "kubeconfig", "ca_file", "client_certificate", "client_key")
         ), key
 
 

@@ -266,6 +266,7 @@ def run(cfg: Config, layers: Layers | None = None) -> int:
                 server=tracer.server_of,
                 node_name=cfg.kubernetes.node_name,
                 log=stderr_log,
+                debug=cfg.features.debug,
             )
             agent.span_sink = spans
             agent.events.subscribe(spans)

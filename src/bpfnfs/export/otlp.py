@@ -19,6 +19,7 @@ the configuration leaves unset. docs/traces.md lists every attribute.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -306,6 +307,18 @@ def resource(node_name: str | None = None, env: Mapping[str, str] | None = None)
     return Resource.create(attrs)
 
 
+class _LastError(logging.Handler):
+    """Keeps the SDK exporter's last warning or error (why an export failed) for bpfnfs's own
+    one-line warning, instead of letting it print its retries and tracebacks."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage().splitlines()[0][:300] if record.getMessage() else ""
+
+
 class _Counting:
     """The exporter, counting what it sent and what it gave up on (the SDK logs why)."""
 
@@ -349,6 +362,7 @@ class SpanSink:
         log: Callable[[str], None] = print,
         exporter: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        debug: bool = False,
     ) -> None:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -371,6 +385,10 @@ class SpanSink:
         self._tokens = settings.max_spans_per_second
         self._refill_at = clock()
         self._failing_since: float | None = None
+        self._sdk_log = logging.getLogger("opentelemetry.exporter.otlp")
+        self._why = _LastError()
+        self._sdk_log.addHandler(self._why)
+        self._sdk_log.propagate = debug  # else its lines come out as bpfnfs's one warning
         inner = exporter if exporter is not None else span_exporter(settings)
         self.processor = BatchSpanProcessor(
             _Counting(inner, self._done),  # type: ignore[arg-type]
@@ -394,9 +412,10 @@ class SpanSink:
             if first:
                 self._failing_since = self.clock()
         if first:
+            why = self._why.last or "the exporter gave no reason"
             self.log(
-                f"warning: OTLP export to {self.settings.target} failed: {n} spans dropped (counted in "
-                "export_failed; the exporter's log says why); metrics collection goes on"
+                f"warning: OTLP export to {self.settings.target} failed: {why}; {n} spans dropped (counted "
+                'in bpfnfs_spans_dropped_total{reason="export_failed"}); collection goes on'
             )
 
     def _admit(self, trace_id: str) -> bool:
@@ -450,6 +469,7 @@ class SpanSink:
         with self._lock:  # still queued or in an export that did not finish: not sent
             self.dropped["shutdown"] += self._in_flight
             self._in_flight = 0
+        # The handler stays: an export the timeout cut short may still log its retries.
 
 
 __all__ = [

@@ -128,6 +128,9 @@ class Tracer:
         self.agent = agent
         self.cfg = cfg
         self.rpcs = cfg.trace.rpc or cfg.trace.spans if rpcs is None else rpcs
+        # Mounts and their servers as of the last refresh_clients() (per interval), for describe().
+        self._mounts: list[NfsMount] | None = None
+        self._servers: dict[str, tuple[str | None, int | None]] = {}
         self.clid_mount: dict[int, str] = {}
         self.printed = 0
         self.skipped = 0
@@ -156,6 +159,8 @@ class Tracer:
         need = any(not c.parent_known for c in snap.clients.values())
         rep = build_report(snap, self.agent.mounts.nfs_list(), client_transports() if need else None)
         self.clid_mount = {clid: m.mount_point for m in rep.mounts for clid in m.clients[:1]}
+        self._mounts = self.agent.mounts.nfs_list()
+        self._servers = _servers(self._mounts)
 
     def spans(self, ev: OpRecord, offset_ns: int) -> dict[str, Any]:
         """SlowOp's span fields of a record from a span tree (none outside tree mode)."""
@@ -172,16 +177,16 @@ class Tracer:
         }
 
     def describe(self, ev: OpRecord) -> SlowOp | None:
-        """decode() with the mounts and the clock offset of now (the OTLP span sink's view)."""
-        return self.decode(ev, self.agent.mounts.nfs_list(), time.time_ns() - time.monotonic_ns())
+        """decode() with the mounts of the last refresh_clients() and the clock offset of now
+        (the OTLP span sink's view, called per record: no mount table is rebuilt here)."""
+        mounts = self._mounts if self._mounts is not None else self.agent.mounts.nfs_list()
+        return self.decode(ev, mounts, time.time_ns() - time.monotonic_ns())
 
     def server_of(self, mount_point: str | None) -> tuple[str | None, int | None]:
         """A mount's server address and port (server.address, server.port)."""
-        for nm in self.agent.mounts.nfs_list():
-            if nm.mount.mount_point == mount_point:
-                port = nm.mount.super_options.get("port", "")
-                return nm.mount.server, int(port) if port.isdigit() and port != "0" else 2049
-        return None, None
+        if self._mounts is None:
+            self._servers = _servers(self.agent.mounts.nfs_list())
+        return self._servers.get(mount_point or "", (None, None))
 
     def decode(self, ev: OpRecord, mounts: list[NfsMount], offset_ns: int) -> SlowOp | None:
         wall = (ev.ts_ns + offset_ns) / 1e9
@@ -245,6 +250,15 @@ class Tracer:
                 rpc_version=ev.vers,
             )
         return None
+
+
+def _servers(mounts: list[NfsMount]) -> dict[str, tuple[str | None, int | None]]:
+    """Mount point -> (server address, port: port= or 2049)."""
+    out: dict[str, tuple[str | None, int | None]] = {}
+    for nm in mounts:
+        port = nm.mount.super_options.get("port", "")
+        out[nm.mount.mount_point] = (nm.mount.server, int(port) if port.isdigit() and port != "0" else 2049)
+    return out
 
 
 def run_trace(cfg: Config, agent_factory: Callable[..., Agent] = Agent) -> int:
